@@ -1,0 +1,19 @@
+"""fastgen: fast, lean diffusion generation and image captioning without PyTorch at run time."""
+
+from __future__ import annotations
+
+from .errors import (  # noqa: F401  (re-exported)
+    BackendError,
+    CancelledError,
+    ConfigError,
+    ExportError,
+    FastgenError,
+    InvalidArgumentError,
+    ManifestError,
+    ModelLoadError,
+    ScheduleError,
+    ShapeError,
+    UnsupportedError,
+)
+
+__version__ = "0.1.0"
