@@ -17,3 +17,6 @@ from .errors import (  # noqa: F401  (re-exported)
 )
 
 __version__ = "0.1.0"
+
+from . import schedulers  # noqa: E402
+from .sampling import randn, sample_loop  # noqa: E402

@@ -1,0 +1,79 @@
+#include <cmath>
+#include <cstring>
+
+#include "bindings/bindings.h"
+#include "common.h"
+#include "sampling/loop.h"
+
+namespace fastgen::py_bind {
+
+void bind_sampling(py::module_& m) {
+  m.def(
+      "sample_loop",
+      [](Scheduler& s, const py::handle& latents_obj, const py::function& denoise, double guidance_scale,
+         double guidance_rescale, double eta, const py::object& callback) {
+        auto in = require_f32(latents_obj, "latents");
+        if (in.ndim() < 2 || in.shape(0) < 1 || in.size() == 0)
+          throw ShapeError("latents must have shape (batch, ...) with batch >= 1, got " + shape_str(shape_of(in)));
+        LoopOptions opt;
+        opt.guidance_scale = guidance_scale;
+        opt.guidance_rescale = guidance_rescale;
+        opt.eta = eta;
+        const size_t batch = static_cast<size_t>(in.shape(0));
+        const size_t per = static_cast<size_t>(in.size()) / batch;
+        const size_t rows = uses_cfg(opt) ? 2 * batch : batch;
+        // Buffers owned by Python objects, so arrays handed to user code stay valid after the loop.
+        py::array_t<float> latents(shape_of(in));
+        std::memcpy(latents.mutable_data(), in.data(), in.size() * sizeof(float));
+        auto x_shape = shape_of(in);
+        x_shape[0] = static_cast<ssize_t>(rows);
+        py::array_t<float> x(x_shape);
+        float* x_ptr = x.mutable_data();
+        float* lat_ptr = latents.mutable_data();
+        py::object last_pred;  // keeps the model output alive until the next call
+        const ssize_t expect = static_cast<ssize_t>(rows * per);
+
+        DenoiseFn fn = [&](float* buf, size_t, double t) -> const float* {
+          py::gil_scoped_acquire gil;
+          py::object r = denoise(x, py::float_(t));
+          auto arr = require_f32(r, "denoise() result");
+          if (arr.size() != expect)
+            throw ShapeError("denoise() must return " + std::to_string(expect) + " float32 values shaped like its input " +
+                             shape_str(x_shape) + ", got shape " + shape_str(shape_of(arr)));
+          last_pred = arr;
+          return arr.data();
+        };
+        StepCallback cb;
+        if (!callback.is_none()) {
+          cb = [&](int step, double t, float*) -> bool {
+            py::gil_scoped_acquire gil;
+            py::object r = callback(step, py::float_(t), latents);
+            return r.is_none() || py::cast<bool>(r);
+          };
+        }
+        {
+          py::gil_scoped_release nogil;
+          sample_loop(s, lat_ptr, batch, per, x_ptr, fn, cb, opt);
+        }
+        last_pred = py::object();
+        return latents;
+      },
+      py::arg("scheduler"), py::arg("latents"), py::arg("denoise"), py::arg("guidance_scale") = 7.5,
+      py::arg("guidance_rescale") = 0.0, py::arg("eta") = 0.0, py::arg("callback") = py::none(),
+      "Run every remaining step of `scheduler` over a copy of `latents` and return it.");
+  m.def(
+      "combine_guidance",
+      [](const py::handle& uncond_obj, const py::handle& cond_obj, double g, double rescale) {
+        auto u = require_f32(uncond_obj, "uncond");
+        auto c = require_f32(cond_obj, "cond");
+        if (shape_of(u) != shape_of(c)) throw ShapeError("uncond and cond shapes differ");
+        if (u.ndim() < 1 || u.shape(0) < 1) throw ShapeError("guidance inputs need a batch axis");
+        py::array_t<float> out(shape_of(u));
+        const size_t batch = static_cast<size_t>(u.shape(0));
+        combine_guidance(u.data(), c.data(), out.mutable_data(), batch, static_cast<size_t>(u.size()) / batch, g, rescale);
+        return out;
+      },
+      py::arg("uncond"), py::arg("cond"), py::arg("guidance_scale"), py::arg("guidance_rescale") = 0.0);
+}
+
+}  // namespace fastgen::py_bind

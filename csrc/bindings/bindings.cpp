@@ -1,0 +1,66 @@
+// The pybind11 module fastgen._core: error translation and registration of each part.
+#include "bindings/bindings.h"
+
+#include "common.h"
+
+namespace fastgen::py_bind {
+
+std::vector<ssize_t> shape_of(const py::array& a) {
+  return std::vector<ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+std::string shape_str(const std::vector<ssize_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  if (shape.size() == 1) s += ",";
+  return s + ")";
+}
+
+py::array_t<float, py::array::c_style> require_f32(const py::handle& obj, const char* name) {
+  if (!py::isinstance<py::array>(obj))
+    throw ShapeError(std::string(name) + " must be a numpy float32 array, got " +
+                     std::string(py::str(py::type::of(obj).attr("__name__"))));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<float>()))
+    throw ShapeError(std::string(name) + " must be float32, got " + std::string(py::str(a.dtype())));
+  return py::array_t<float, py::array::c_style>::ensure(a);
+}
+
+}  // namespace fastgen::py_bind
+
+namespace py = pybind11;
+using namespace fastgen;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastgen C++ core: schedulers, sampling loop, Philox noise, video frame buffers, caption search";
+  // Map C++ error types onto the Python hierarchy in fastgen.errors (a pure-Python module).
+  py::module_ errors = py::module_::import("fastgen.errors");
+  static PyObject* config_error = py::object(errors.attr("ConfigError")).release().ptr();
+  static PyObject* argument_error = py::object(errors.attr("InvalidArgumentError")).release().ptr();
+  static PyObject* shape_error = py::object(errors.attr("ShapeError")).release().ptr();
+  static PyObject* schedule_error = py::object(errors.attr("ScheduleError")).release().ptr();
+  static PyObject* cancelled_error = py::object(errors.attr("CancelledError")).release().ptr();
+  static PyObject* base_error = py::object(errors.attr("FastgenError")).release().ptr();
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const ConfigError& e) {
+      PyErr_SetString(config_error, e.what());
+    } catch (const ShapeError& e) {
+      PyErr_SetString(shape_error, e.what());
+    } catch (const ScheduleError& e) {
+      PyErr_SetString(schedule_error, e.what());
+    } catch (const ArgumentError& e) {
+      PyErr_SetString(argument_error, e.what());
+    } catch (const Cancelled& e) {
+      PyErr_SetString(cancelled_error, e.what());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError, "fastgen core: out of memory");
+    } catch (const std::length_error& e) {
+      PyErr_SetString(base_error, (std::string("fastgen core: ") + e.what()).c_str());
+    }
+  });
+  py_bind::bind_random(m);
+  py_bind::bind_schedulers(m);
+  py_bind::bind_sampling(m);
+}

@@ -1,0 +1,24 @@
+// Shared helpers of the pybind11 bindings (the only Python-aware code of the core).
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+namespace fastgen::py_bind {
+
+namespace py = pybind11;
+
+// A float32, C-contiguous view of `obj` (copied only when not contiguous). Raises
+// fastgen.ShapeError for anything that is not a float32 array.
+py::array_t<float, py::array::c_style> require_f32(const py::handle& obj, const char* name);
+std::vector<ssize_t> shape_of(const py::array& a);
+std::string shape_str(const std::vector<ssize_t>& shape);
+
+void bind_random(py::module_& m);
+void bind_schedulers(py::module_& m);
+void bind_sampling(py::module_& m);
+
+}  // namespace fastgen::py_bind

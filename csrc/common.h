@@ -1,0 +1,36 @@
+// Shared definitions of the fastgen C++ core: error types and small helpers.
+// Nothing here depends on Python; the bindings translate these exceptions to fastgen.* errors.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace fastgen {
+
+// A configuration value is unknown or out of range (-> fastgen.ConfigError).
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// A call argument is out of range or inconsistent (-> fastgen.InvalidArgumentError).
+struct ArgumentError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// An array has the wrong shape or size (-> fastgen.ShapeError).
+struct ShapeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// A timestep is not in the schedule, or the schedule is not set (-> fastgen.ScheduleError).
+struct ScheduleError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// The caller asked to stop (callback returned False) (-> fastgen.CancelledError).
+struct Cancelled : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Format a double the way Python's repr would print it for short values.
+std::string fmt(double v);
+
+}  // namespace fastgen

@@ -1,0 +1,77 @@
+#include "sampling/loop.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+
+namespace fastgen {
+
+bool uses_cfg(const LoopOptions& opt) { return opt.guidance_scale > 1.0; }
+
+namespace {
+// Unbiased standard deviation, as torch.std.
+double stddev(const float* x, size_t n) {
+  if (n < 2) return 0.0;
+  double mean = 0;
+  for (size_t i = 0; i < n; ++i) mean += x[i];
+  mean /= static_cast<double>(n);
+  double ss = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = x[i] - mean;
+    ss += d * d;
+  }
+  return std::sqrt(ss / static_cast<double>(n - 1));
+}
+}  // namespace
+
+void combine_guidance(const float* uncond, const float* cond, float* out, size_t batch, size_t per_sample,
+                      double guidance_scale, double guidance_rescale) {
+  const float g = static_cast<float>(guidance_scale);
+  const size_t n = batch * per_sample;
+  for (size_t i = 0; i < n; ++i) out[i] = uncond[i] + g * (cond[i] - uncond[i]);
+  if (guidance_rescale > 0) {
+    const float r = static_cast<float>(guidance_rescale);
+    for (size_t b = 0; b < batch; ++b) {
+      float* o = out + b * per_sample;
+      const double s_text = stddev(cond + b * per_sample, per_sample);
+      const double s_cfg = stddev(o, per_sample);
+      const float ratio = static_cast<float>(s_text) / static_cast<float>(s_cfg);
+      for (size_t i = 0; i < per_sample; ++i) o[i] = r * (o[i] * ratio) + (1.0f - r) * o[i];
+    }
+  }
+}
+
+int sample_loop(Scheduler& s, float* latents, size_t batch, size_t per_sample, float* x_in,
+                const DenoiseFn& denoise, const StepCallback& callback, const LoopOptions& opt) {
+  if (!std::isfinite(opt.guidance_scale) || opt.guidance_scale < 0)
+    throw ArgumentError("guidance_scale must be a finite number >= 0, got " + fmt(opt.guidance_scale));
+  if (!std::isfinite(opt.guidance_rescale) || opt.guidance_rescale < 0 || opt.guidance_rescale > 1)
+    throw ArgumentError("guidance_rescale must be in [0, 1], got " + fmt(opt.guidance_rescale));
+  if (!std::isfinite(opt.eta) || opt.eta < 0) throw ArgumentError("eta must be >= 0, got " + fmt(opt.eta));
+  const auto& ts = s.timesteps();
+  if (ts.empty()) throw ScheduleError(s.class_name() + ": call set_timesteps() before sampling");
+  const bool cfg = uses_cfg(opt);
+  const size_t n = batch * per_sample;
+  const size_t rows = cfg ? 2 * batch : batch;
+  std::vector<float> guided(cfg ? n : 0);
+  const int start = s.begin_index() >= 0 ? s.begin_index() : 0;
+  int steps = 0;
+  for (int i = start; i < static_cast<int>(ts.size()); ++i) {
+    const double t = ts[i];
+    s.scale_model_input(latents, x_in, n, t);
+    if (cfg) std::memcpy(x_in + n, x_in, n * sizeof(float));
+    const float* pred = denoise(x_in, rows, t);
+    if (cfg) {
+      combine_guidance(pred, pred + n, guided.data(), batch, per_sample, opt.guidance_scale, opt.guidance_rescale);
+      pred = guided.data();
+    }
+    s.step(pred, t, latents, latents, n, batch, nullptr, opt.eta);
+    ++steps;
+    if (callback && !callback(i, t, latents)) break;  // the caller asked to stop early
+  }
+  return steps;
+}
+
+}  // namespace fastgen

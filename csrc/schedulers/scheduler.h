@@ -1,0 +1,105 @@
+// The scheduler interface of the C++ core and the helpers every family shares.
+//
+// Each scheduler family (one .cpp per family) reproduces a diffusers scheduler class: the same
+// config keys, the same timesteps, the same update rule. Tensors are flat float32 buffers; all
+// coefficient math is float64. `out` may alias `sample` (steps run in place inside the loop).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "random/philox.h"
+#include "schedulers/config.h"
+#include "schedulers/noise_schedule.h"
+
+namespace fastgen {
+
+class Scheduler {
+ public:
+  explicit Scheduler(Config cfg) : cfg_(std::move(cfg)) {}
+  virtual ~Scheduler() = default;
+
+  virtual std::string class_name() const = 0;
+  // A fresh scheduler with the same configuration and no state.
+  virtual std::unique_ptr<Scheduler> clone() const = 0;
+
+  // Compute the schedule for `num_inference_steps` (resets all step state). `mu` is the dynamic
+  // shift of flow-matching schedulers; others reject it.
+  virtual void set_timesteps(int num_inference_steps, std::optional<double> mu) = 0;
+
+  // The standard deviation of the initial noise (sigma_max for sigma-space schedulers).
+  virtual double init_noise_sigma() const { return 1.0; }
+  // Whether diffusers exposes integer (int64) or float timesteps for this scheduler/config.
+  virtual bool integer_timesteps() const { return true; }
+  // How many model evaluations one step of the solver takes (PNDM PRK: the schedule repeats t).
+  virtual int order() const { return 1; }
+
+  // diffusers' scale_model_input (identity by default).
+  virtual void scale_model_input(const float* in, float* out, size_t n, double t);
+
+  // One denoising step: out = x_{t-1}. `noise` is standard normal noise of n values for
+  // stochastic steps (nullptr: drawn from generator()). `batch` splits n into per-sample rows for
+  // per-sample operations (dynamic thresholding).
+  virtual void step(const float* model_output, double t, const float* sample, float* out, size_t n,
+                    size_t batch, const float* noise, double eta) = 0;
+
+  // Forward-diffuse `original` to timestep t: img2img / inpainting starts.
+  virtual void add_noise(const float* original, const float* noise, float* out, size_t n, double t);
+
+  // Whether step() draws noise (DDPM, Euler ancestral, LCM, DDIM with eta > 0, SDE solvers).
+  virtual bool is_stochastic(double eta) const { return false; }
+
+  const std::vector<double>& timesteps() const { return timesteps_; }
+  int num_inference_steps() const { return num_inference_steps_; }
+  int step_index() const { return step_index_; }
+  int begin_index() const { return begin_index_; }
+  // diffusers' set_begin_index: img2img skips the first steps of the schedule.
+  void set_begin_index(int index);
+  Generator& generator() { return generator_; }
+  const Config& config() const { return cfg_; }
+
+ protected:
+  // Must be called by set_timesteps implementations after filling timesteps_.
+  void reset_state(int num_inference_steps);
+  void require_timesteps() const;
+  // diffusers' index_for_timestep (with its "second match" rule for repeated timesteps).
+  int index_for_timestep(double t) const;
+  // Resolve the step index for this step (first step: from begin_index or t), check that t is the
+  // scheduled timestep, and return the index. Call once per step(); then call advance().
+  int current_index(double t);
+  void advance() { ++step_index_; }
+  // Noise for a stochastic step: the caller's, or freshly drawn from the generator.
+  const float* noise_or_draw(const float* noise, size_t n);
+
+  Config cfg_;
+  std::vector<double> timesteps_;
+  int num_inference_steps_ = 0;
+  int step_index_ = -1;
+  int begin_index_ = -1;
+  Generator generator_;
+  std::vector<float> noise_buf_;
+};
+
+// Convert a model output to (x0, eps) predictions for alphas_cumprod-style schedulers.
+// prediction: "epsilon" | "sample" | "v_prediction".
+enum class Prediction { Epsilon, Sample, VPrediction, Flow };
+Prediction parse_prediction(const Config& cfg, bool allow_flow = false);
+
+// Dynamic thresholding (Imagen): per sample, s = clamp(quantile(|x0|, ratio), 1, max); x0 = clamp(x0, -s, s) / s.
+void dynamic_threshold(float* x0, size_t n, size_t batch, double ratio, double max_value);
+
+// Build the scheduler for a diffusers class name. Throws ConfigError for unknown classes.
+std::unique_ptr<Scheduler> make_scheduler(const std::string& class_name, const Config& cfg);
+// The class names make_scheduler accepts.
+std::vector<std::string> scheduler_names();
+
+// Registration: each family file registers its factory with a static Registrar.
+using SchedulerFactory = std::unique_ptr<Scheduler> (*)(const Config&);
+struct Registrar {
+  Registrar(const char* class_name, SchedulerFactory factory);
+};
+
+}  // namespace fastgen
