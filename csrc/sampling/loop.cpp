@@ -60,8 +60,13 @@ int sample_loop(Scheduler& s, float* latents, size_t batch, size_t per_sample, f
   int steps = 0;
   for (int i = start; i < static_cast<int>(ts.size()); ++i) {
     const double t = ts[i];
-    s.scale_model_input(latents, x_in, n, t);
-    if (cfg) std::memcpy(x_in + n, x_in, n * sizeof(float));
+    if (cfg && s.scale_is_identity()) {
+      float* hi = x_in + n;
+      for (size_t k = 0; k < n; ++k) x_in[k] = hi[k] = latents[k];  // both CFG halves in one pass
+    } else {
+      s.scale_model_input(latents, x_in, n, t);
+      if (cfg) std::memcpy(x_in + n, x_in, n * sizeof(float));
+    }
     const float* pred = denoise(x_in, rows, t);
     if (cfg) {
       combine_guidance(pred, pred + n, guided.data(), batch, per_sample, opt.guidance_scale, opt.guidance_rescale);

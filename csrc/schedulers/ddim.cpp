@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "schedulers/kernels.h"
 #include "schedulers/scheduler.h"
 
 namespace fastgen {
@@ -33,6 +34,7 @@ class DDIM final : public Scheduler {
   }
 
   bool is_stochastic(double eta) const override { return eta > 0; }
+  bool scale_is_identity() const override { return true; }
 
   void step(const float* model_output, double t, const float* sample, float* out, size_t n, size_t batch,
             const float* noise, double eta) override {
@@ -51,43 +53,27 @@ class DDIM final : public Scheduler {
     }
     const double c_x0 = std::sqrt(a_prev);
     const double c_dir = std::sqrt(std::max(1 - a_prev - std_dev * std_dev, 0.0));
-    const bool clip = clip_sample_ && !thresholding_;
-    const float lo = static_cast<float>(-clip_range_), hi = static_cast<float>(clip_range_);
-
-    auto x0_eps = [&](size_t i, double& x0, double& eps) {
-      const double m = model_output[i], x = sample[i];
-      switch (prediction_) {
-        case Prediction::Epsilon: x0 = (x - sb * m) / sa; eps = m; break;
-        case Prediction::Sample: x0 = m; eps = (x - sa * m) / sb; break;
-        default: x0 = sa * x - sb * m; eps = sa * m + sb * x; break;
-      }
-    };
-    if (thresholding_) {
-      // Needs the whole x0 first (per-sample quantile).
+    // x0 = p*sample + q*model_output and eps = r*sample + s*model_output for each prediction type.
+    double p, q, r, s;
+    switch (prediction_) {
+      case Prediction::Epsilon: p = 1 / sa; q = -sb / sa; r = 0; s = 1; break;
+      case Prediction::Sample: p = 0; q = 1; r = 1 / sb; s = -sa / sb; break;
+      default: p = sa; q = -sb; r = sb; s = sa; break;
+    }
+    if (!clip_sample_ && !thresholding_) {
+      // prev = c_x0 * x0 + c_dir * eps, folded into one pass.
+      kernels::axpby(out, c_x0 * p + c_dir * r, sample, c_x0 * q + c_dir * s, model_output, n);
+    } else {
+      // x0 must be formed (and clipped / thresholded) before it is combined.
       x0_buf_.resize(n);
       eps_buf_.resize(n);
-      for (size_t i = 0; i < n; ++i) {
-        double x0, eps;
-        x0_eps(i, x0, eps);
-        x0_buf_[i] = static_cast<float>(x0);
-        eps_buf_[i] = static_cast<float>(eps);
-      }
-      dynamic_threshold(x0_buf_.data(), n, batch, threshold_ratio_, sample_max_);
-      for (size_t i = 0; i < n; ++i) {
-        double v = c_x0 * x0_buf_[i] + c_dir * eps_buf_[i];
-        if (eta > 0) v += std_dev * noise[i];
-        out[i] = static_cast<float>(v);
-      }
-    } else {
-      for (size_t i = 0; i < n; ++i) {
-        double x0, eps;
-        x0_eps(i, x0, eps);
-        if (clip) x0 = std::min(std::max(static_cast<float>(x0), lo), hi);
-        double v = c_x0 * x0 + c_dir * eps;
-        if (eta > 0) v += std_dev * noise[i];
-        out[i] = static_cast<float>(v);
-      }
+      kernels::axpby(x0_buf_.data(), p, sample, q, model_output, n);
+      kernels::axpby(eps_buf_.data(), r, sample, s, model_output, n);
+      if (thresholding_) dynamic_threshold(x0_buf_.data(), n, batch, threshold_ratio_, sample_max_);
+      else kernels::clamp(x0_buf_.data(), -clip_range_, clip_range_, n);
+      kernels::axpby(out, c_x0, x0_buf_.data(), c_dir, eps_buf_.data(), n);
     }
+    if (eta > 0) kernels::add_scaled(out, std_dev, noise, n);
     advance();
   }
 

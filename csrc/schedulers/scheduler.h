@@ -39,6 +39,9 @@ class Scheduler {
 
   // diffusers' scale_model_input (identity by default).
   virtual void scale_model_input(const float* in, float* out, size_t n, double t);
+  // True when scale_model_input is the identity for every t (lets the loop skip a pass).
+  // Families that keep the default scale_model_input override this to return true.
+  virtual bool scale_is_identity() const { return false; }
 
   // One denoising step: out = x_{t-1}. `noise` is standard normal noise of n values for
   // stochastic steps (nullptr: drawn from generator()). `batch` splits n into per-sample rows for

@@ -1,0 +1,254 @@
+"""The C++ core outside the schedulers: Philox noise, the sampling loop, guidance, errors."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import fastgen
+from fastgen import schedulers
+
+SD_DDIM = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+           "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+def model(x, t):
+    return (0.5 * x * np.cos(t / 400.0) + 0.1 * np.sin(x)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------- Philox
+
+def test_philox_known_answers():
+    # Random123 known-answer vectors for Philox-4x32-10.
+    assert fastgen._core.philox4x32_10([0, 0, 0, 0], [0, 0]) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    assert fastgen._core.philox4x32_10([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2) == [
+        0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+    assert fastgen._core.philox4x32_10([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+                                       [0xA4093822, 0x299F31D0]) == [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+
+
+def test_randn_deterministic_and_prefix_stable():
+    a = fastgen.randn((2, 4, 8, 8), seed=42)
+    b = fastgen.randn((2, 4, 8, 8), seed=42)
+    c = fastgen.randn((2, 4, 8, 8), seed=43)
+    assert a.dtype == np.float32 and a.shape == (2, 4, 8, 8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    big = fastgen.randn(1000, seed=42)
+    np.testing.assert_array_equal(big[:512], a.reshape(-1))
+    # the offset continues the stream block-wise (4 values per block)
+    np.testing.assert_array_equal(fastgen.randn(8, seed=42, offset=2), big[8:16])
+
+
+def test_randn_statistics():
+    x = fastgen.randn(400_000, seed=7).astype(np.float64)
+    assert abs(x.mean()) < 0.01 and abs(x.std() - 1) < 0.01
+    # tails: P(|x| > 3) = 0.0027
+    assert 0.0020 < np.mean(np.abs(x) > 3) < 0.0034
+    assert np.isfinite(x).all()
+
+
+def test_randn_bad_args():
+    with pytest.raises(fastgen.InvalidArgumentError):
+        fastgen.randn((2, -1), seed=0)
+    with pytest.raises(fastgen.InvalidArgumentError):
+        fastgen.randn((2, 2), seed=-1)
+    with pytest.raises(fastgen.InvalidArgumentError):
+        fastgen.randn((2, 2), seed="1")
+
+
+# ---------------------------------------------------------------------------------- sample loop
+
+def python_loop(s, latents, guidance_scale, guidance_rescale=0.0):
+    x = latents.copy()
+    for t in s.timesteps:
+        inp = s.scale_model_input(x, t)
+        if guidance_scale > 1:
+            out = model(np.concatenate([inp, inp]), float(t))
+            u, c = np.split(out, 2)
+            pred = fastgen._core.combine_guidance(u, c, guidance_scale, guidance_rescale)
+        else:
+            pred = model(inp, float(t))
+        x = s.step(pred, t, x)
+    return x
+
+
+@pytest.mark.parametrize("g", [1.0, 7.5])
+def test_loop_equals_python_loop(g):
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(12)
+    lat = fastgen.randn((2, 4, 8, 6), seed=1)
+    got = fastgen.sample_loop(s, lat, model, guidance_scale=g)
+    s2 = schedulers.from_config(SD_DDIM)
+    s2.set_timesteps(12)
+    np.testing.assert_array_equal(got, python_loop(s2, lat, g))
+
+
+def test_loop_matches_diffusers_cfg_with_rescale():
+    """The diffusers text-to-image inner loop, with CFG and guidance_rescale, on a fake UNet."""
+    from diffusers import DDIMScheduler
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    ref = DDIMScheduler.from_config({k: v for k, v in SD_DDIM.items() if k != "_class_name"})
+    ref.set_timesteps(15)
+    lat = fastgen.randn((2, 4, 8, 8), seed=3)
+    x = torch.from_numpy(lat.copy())
+    for t in ref.timesteps:
+        inp = ref.scale_model_input(torch.cat([x] * 2), t)
+        out = torch.from_numpy(model(inp.numpy(), float(t)))
+        u, c = out.chunk(2)
+        pred = u + 6.0 * (c - u)
+        pred = rescale_noise_cfg(pred, c, guidance_rescale=0.7)
+        x = ref.step(pred, t, x).prev_sample
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(15)
+    got = fastgen.sample_loop(s, lat, model, guidance_scale=6.0, guidance_rescale=0.7)
+    err = np.abs(got - x.numpy()).max() / np.abs(x.numpy()).max()
+    assert err < 1e-5
+
+
+def test_loop_callback_sees_every_step_and_can_stop():
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(10)
+    seen = []
+
+    def cb(i, t, lat):
+        seen.append((i, t, lat.copy()))
+        return i < 3
+
+    lat = fastgen.randn((1, 4, 4, 4), seed=0)
+    out = fastgen.sample_loop(s, lat, model, guidance_scale=1.0, callback=cb)
+    assert [i for i, _, _ in seen] == [0, 1, 2, 3]
+    assert [t for _, t, _ in seen] == [float(t) for t in s.timesteps[:4]]
+    np.testing.assert_array_equal(out, seen[-1][2])
+
+
+def test_loop_begin_index_runs_remaining_steps():
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(10)
+    s.set_begin_index(4)
+    ts = []
+    fastgen.sample_loop(s, fastgen.randn((1, 4, 4, 4), seed=0), lambda x, t: ts.append(t) or model(x, t),
+                        guidance_scale=1.0)
+    assert ts == [float(t) for t in s.timesteps[4:]]
+
+
+def test_loop_does_not_modify_input_and_denoise_arrays_stay_valid():
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(3)
+    lat = fastgen.randn((1, 4, 4, 4), seed=0)
+    before = lat.copy()
+    kept = []
+    fastgen.sample_loop(s, lat, lambda x, t: kept.append(x) or model(x, t), guidance_scale=2.0)
+    np.testing.assert_array_equal(lat, before)
+    assert kept[0].shape == (2, 4, 4, 4)
+    assert np.isfinite(kept[0]).all()  # still readable after the loop returned
+
+
+def test_loop_releases_gil_and_is_reentrant_across_threads():
+    results = {}
+
+    def run(k):
+        s = schedulers.from_config(SD_DDIM)
+        s.set_timesteps(20)
+        results[k] = fastgen.sample_loop(s, fastgen.randn((1, 4, 16, 16), seed=k), model, guidance_scale=3.0)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for k in range(4):
+        s = schedulers.from_config(SD_DDIM)
+        s.set_timesteps(20)
+        np.testing.assert_array_equal(results[k], fastgen.sample_loop(
+            s, fastgen.randn((1, 4, 16, 16), seed=k), model, guidance_scale=3.0))
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+def _ready():
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(5)
+    return s
+
+
+@pytest.mark.parametrize("kwargs,err", [
+    ({"guidance_scale": float("nan")}, fastgen.InvalidArgumentError),
+    ({"guidance_scale": -1.0}, fastgen.InvalidArgumentError),
+    ({"guidance_rescale": 1.5}, fastgen.InvalidArgumentError),
+    ({"eta": -0.1}, fastgen.InvalidArgumentError),
+])
+def test_loop_bad_options(kwargs, err):
+    with pytest.raises(err):
+        fastgen.sample_loop(_ready(), fastgen.randn((1, 4, 4, 4), seed=0), model, **kwargs)
+
+
+def test_loop_bad_latents_and_outputs():
+    s = _ready()
+    with pytest.raises(fastgen.ShapeError, match="float32"):
+        fastgen.sample_loop(s, np.zeros((1, 4, 4, 4)), model)
+    with pytest.raises(fastgen.ShapeError):
+        fastgen.sample_loop(s, np.zeros((4,), np.float32), model)
+    with pytest.raises(fastgen.ShapeError, match="denoise"):
+        fastgen.sample_loop(_ready(), np.zeros((1, 4, 4, 4), np.float32), lambda x, t: x[:1])
+    with pytest.raises(fastgen.ShapeError, match="float32"):
+        fastgen.sample_loop(_ready(), np.zeros((1, 4, 4, 4), np.float32), lambda x, t: x.astype(np.float64))
+    with pytest.raises(fastgen.ShapeError):
+        fastgen.sample_loop(_ready(), np.zeros((1, 4, 4, 4), np.float32), lambda x, t: None)
+
+
+def test_loop_propagates_denoise_exceptions():
+    def boom(x, t):
+        raise RuntimeError("network failed")
+
+    with pytest.raises(RuntimeError, match="network failed"):
+        fastgen.sample_loop(_ready(), np.zeros((1, 4, 4, 4), np.float32), boom)
+
+
+def test_loop_requires_timesteps():
+    with pytest.raises(fastgen.ScheduleError):
+        fastgen.sample_loop(schedulers.from_config(SD_DDIM), np.zeros((1, 4, 4, 4), np.float32), model)
+
+
+def test_scheduler_errors():
+    with pytest.raises(fastgen.ConfigError, match="unknown scheduler"):
+        schedulers.from_config({"_class_name": "NoSuchScheduler"})
+    with pytest.raises(fastgen.ConfigError, match="beta_schedule"):
+        schedulers.from_config(dict(SD_DDIM, beta_schedule="cubic"))
+    with pytest.raises(fastgen.ConfigError, match="prediction_type"):
+        schedulers.from_config(dict(SD_DDIM, prediction_type="x"))
+    with pytest.raises(fastgen.ConfigError, match="num_train_timesteps"):
+        schedulers.from_config(dict(SD_DDIM, num_train_timesteps="many"))
+    with pytest.raises(fastgen.ConfigError):
+        schedulers.from_config({"beta_schedule": "linear"})  # no class
+    s = schedulers.from_config(SD_DDIM)
+    with pytest.raises(fastgen.InvalidArgumentError):
+        s.set_timesteps(0)
+    with pytest.raises(fastgen.InvalidArgumentError):
+        s.set_timesteps(1001)
+    with pytest.raises(fastgen.ScheduleError):
+        s.step(np.zeros((1, 4), np.float32), 10, np.zeros((1, 4), np.float32))  # no set_timesteps
+    s.set_timesteps(10)
+    with pytest.raises(fastgen.ScheduleError, match="not in"):
+        s.step(np.zeros((1, 4), np.float32), 17, np.zeros((1, 4), np.float32))
+    with pytest.raises(fastgen.ShapeError):
+        s.step(np.zeros((1, 4), np.float32), int(s.timesteps[0]), np.zeros((1, 5), np.float32))
+    with pytest.raises(fastgen.InvalidArgumentError):
+        s.step(np.zeros((1, 4), np.float32), float("nan"), np.zeros((1, 4), np.float32))
+
+
+def test_scheduler_config_from_file_and_alias(tmp_path):
+    import json
+
+    p = tmp_path / "scheduler_config.json"
+    p.write_text(json.dumps(SD_DDIM))
+    s = schedulers.from_config(str(p))
+    assert s.class_name == "DDIMScheduler"
+    s2 = schedulers.from_config(str(p), class_name="ddim")
+    s2.set_timesteps(4)
+    assert list(s2.timesteps) == [751, 501, 251, 1]
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(fastgen.ConfigError, match="JSON"):
+        schedulers.from_config(str(tmp_path / "bad.json"))
+    with pytest.raises(fastgen.ConfigError, match="not found"):
+        schedulers.from_config(str(tmp_path / "missing.json"))
