@@ -151,7 +151,9 @@ def load_model(plan: PipelinePlan, part: str):
     except (ImportError, AttributeError) as e:
         raise ExportError(f"cannot import {library}.{cls_name} for {part!r}: {e}") from e
     if library == "transformers":
-        kw = {"dtype": torch.float32}
+        # Eager attention: the TorchScript exporter's SDPA symbolic mixes float32 into fp16 graphs
+        # (invalid LayerNormalization types); eager matmul/softmax exports cleanly in both dtypes.
+        kw = {"dtype": torch.float32, "attn_implementation": "eager"}
     else:  # explicit low_cpu_mem_usage: diffusers otherwise warns when accelerate is not installed
         kw = {"torch_dtype": torch.float32, "low_cpu_mem_usage": _has_accelerate()}
     try:

@@ -1,0 +1,86 @@
+"""Command-line front ends: ``fastgen export`` / ``fastgen build-trt`` and ``python -m fastgen_export``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_export_arguments", "run_export", "add_build_trt_arguments", "run_build_trt", "main"]
+
+
+def _log(prefix: str):
+    def log(msg: str) -> None:
+        print(f"{prefix}: {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="SRC", help="diffusers pipeline folder (save_pretrained layout) or hub id")
+    p.add_argument("out", metavar="OUT", help="engine directory to write")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                   help="weights / compute dtype of text encoders and denoiser (VAE stays fp32; default fp32)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing engine directory at OUT")
+    p.add_argument("--optimize", action="store_true",
+                   help="apply ONNX Runtime basic graph optimisations offline (and onnxslim if installed)")
+    p.add_argument("--no-parity", dest="parity", action="store_false",
+                   help="skip the ONNX Runtime vs torch parity check")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="absolute parity tolerance for every component (default: per dtype)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .api import export
+
+    out = export(args.src, args.out, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite,
+                 optimize=args.optimize, parity=args.parity, tolerance=args.tolerance,
+                 log=None if getattr(args, "quiet", False) else _log("fastgen export"))
+    print(out)
+    return 0
+
+
+def add_build_trt_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine directory written by `fastgen export`")
+    p.add_argument("--components", nargs="+", default=None, metavar="NAME",
+                   help="components to build (default: all in the manifest)")
+    p.add_argument("--min", dest="min_shape", default=None, metavar="BxHxW",
+                   help="smallest batch x height x width in pixels (default 1 x half the default size)")
+    p.add_argument("--opt", dest="opt_shape", default=None, metavar="BxHxW",
+                   help="shape to tune for (default 1 x the default size)")
+    p.add_argument("--max", dest="max_shape", default=None, metavar="BxHxW",
+                   help="largest shape (default 4 x 1.5 times the default size)")
+    p.add_argument("--no-fp16", dest="fp16", action="store_false", help="build fp32 plans")
+    p.add_argument("--no-cfg", dest="cfg", action="store_false",
+                   help="do not double the text encoder / denoiser batch for classifier-free guidance")
+    p.add_argument("--timing-cache", default=None, metavar="PATH", help="TensorRT timing cache file (read + updated)")
+    p.add_argument("--workspace", type=float, default=None, metavar="GiB", help="builder workspace limit in GiB")
+
+
+def run_build_trt(args: argparse.Namespace) -> int:
+    from .trt import build_trt
+
+    workspace = int(args.workspace * 1024**3) if args.workspace else None
+    build_trt(args.engine_dir, args.components, min_shapes=args.min_shape, opt_shapes=args.opt_shape,
+              max_shapes=args.max_shape, fp16=args.fp16, timing_cache=args.timing_cache, workspace=workspace,
+              cfg=args.cfg, log=_log("fastgen build-trt"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastgen_export SRC OUT [options]``."""
+    from fastgen.errors import FastgenError
+
+    parser = argparse.ArgumentParser(prog="python -m fastgen_export",
+                                     description="export a diffusers pipeline to a fastgen engine directory")
+    add_export_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_export(args)
+    except FastgenError as e:
+        print(f"fastgen export: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
