@@ -20,3 +20,9 @@ __version__ = "0.1.0"
 
 from . import schedulers  # noqa: E402
 from .sampling import randn, sample_loop  # noqa: E402
+from .pipelines import Pipeline, PipelineOutput  # noqa: E402
+
+
+def demo(**kwargs) -> "Pipeline":
+    """The small text-to-image model shipped inside the package (see README)."""
+    return Pipeline.load("demo", **kwargs)

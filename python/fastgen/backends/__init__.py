@@ -1,0 +1,35 @@
+"""Inference backends behind one Session interface: onnxruntime (default) and tensorrt."""
+
+from __future__ import annotations
+
+from ..errors import InvalidArgumentError, ManifestError
+from ..manifest import Manifest, safe_path
+from .base import Session
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def open_session(manifest: Manifest, component: str, *, backend: str = "onnxruntime", device: str = "cpu",
+                 providers=None, session_options=None) -> Session:
+    """Load one component of an engine with the chosen backend."""
+    spec = manifest.component(component)
+    if backend == "onnxruntime":
+        from .onnxruntime import OrtSession
+
+        return OrtSession(component, spec.path, device=device, providers=providers, session_options=session_options)
+    if backend == "tensorrt":
+        plans = manifest.tensorrt.get("plans", {})
+        plan = plans.get(component)
+        if plan is None:
+            # components without a plan (e.g. tokenizer-side graphs) run in onnxruntime
+            from .onnxruntime import OrtSession
+
+            return OrtSession(component, spec.path, device="cuda" if device == "cuda" else "cpu",
+                              providers=providers, session_options=session_options)
+        if not isinstance(plan, dict):
+            raise ManifestError(f"tensorrt plan record of {component!r} must be an object")
+        from .tensorrt import TrtSession
+
+        path = safe_path(manifest.root, plan.get("path"), f"tensorrt plan {component!r}")
+        return TrtSession(component, path, plan.get("profile") or {})
+    raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
