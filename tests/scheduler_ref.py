@@ -51,6 +51,18 @@ def patched_noise(module_name: str, noises: list[np.ndarray]):
         mod.randn_tensor = orig
 
 
+def _ref_init_noise_sigma(ref) -> float:
+    """diffusers' init_noise_sigma (flow-matching schedulers have none: 1.0)."""
+    return float(getattr(ref, "init_noise_sigma", 1.0))
+
+
+def _ref_scale(ref, x, t):
+    """diffusers' scale_model_input (flow-matching schedulers have none: identity)."""
+    if not hasattr(ref, "scale_model_input"):
+        return x
+    return ref.scale_model_input(x, torch.tensor(t))
+
+
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))) / (np.max(np.abs(b)) + 1e-6))
 
@@ -71,8 +83,9 @@ def compare_trajectories(config: dict, steps: int, *, seed: int = 0, eta: float 
     ref_ts = ref.timesteps.numpy()
     np.testing.assert_array_equal(ours.timesteps.dtype.kind, ref_ts.dtype.kind)
     np.testing.assert_allclose(ours.timesteps, ref_ts, rtol=1e-6, atol=1e-4)
-    assert ours.init_noise_sigma == np.float32(ref.init_noise_sigma) or abs(
-        ours.init_noise_sigma - float(ref.init_noise_sigma)) <= 1e-5 * float(ref.init_noise_sigma)
+    ref_sigma = float(_ref_init_noise_sigma(ref))
+    assert ours.init_noise_sigma == np.float32(ref_sigma) or abs(
+        ours.init_noise_sigma - ref_sigma) <= 1e-5 * ref_sigma
     if begin_index is not None:
         ref.set_begin_index(begin_index)
         ours.set_begin_index(begin_index)
@@ -87,7 +100,7 @@ def compare_trajectories(config: dict, steps: int, *, seed: int = 0, eta: float 
     with ctx:
         for i, t in enumerate(ref_ts[start:], start=start):
             # Both models see the reference sample, so a single step's error does not compound.
-            inp_ref = ref.scale_model_input(x_ref, torch.tensor(t)).numpy()
+            inp_ref = _ref_scale(ref, x_ref, t).numpy()
             inp_ours = ours.scale_model_input(x_ref.numpy().copy(), t)
             np.testing.assert_allclose(inp_ours, inp_ref, rtol=tol, atol=tol * (np.abs(inp_ref).max() + 1e-6))
             out = fake_model(inp_ref, float(t))
@@ -129,9 +142,29 @@ def run_free(config: dict, steps: int, *, seed: int = 0, mu: float | None = None
     ctx = patched_noise(noise_module, noises) if noise_module else _null()
     with ctx:
         for i, t in enumerate(ref.timesteps.numpy()):
-            out_r = fake_model(ref.scale_model_input(xr, torch.tensor(t)).numpy(), float(t))
+            out_r = fake_model(_ref_scale(ref, xr, t).numpy(), float(t))
             out_o = fake_model(ours.scale_model_input(xo, t), float(t))
             kw = {"eta": eta, "variance_noise": torch.from_numpy(noises[i].copy())} if eta else {}
             xr = ref.step(torch.from_numpy(out_r), torch.tensor(t), xr, **kw).prev_sample
             xo = ours.step(out_o, t, xo, noise=noises[i] if (eta or noise_module) else None, eta=eta)
     return xo, xr.numpy()
+
+
+def loop_vs_steps(config: dict, steps: int, *, seed: int = 0, mu: float | None = None, shape=SHAPE):
+    """fastgen.sample_loop (C++ loop, stepping in place) against fastgen step() calls.
+
+    Both schedulers start from the same seed, so stochastic ones draw the same generator noise.
+    Returns (loop_final, steps_final).
+    """
+    from fastgen import sampling
+
+    rng = np.random.RandomState(seed)
+    a, b = schedulers.from_config(config), schedulers.from_config(config)
+    a.set_timesteps(steps, mu=mu)
+    b.set_timesteps(steps, mu=mu)
+    x0 = (rng.standard_normal(shape).astype(np.float32) * np.float32(a.init_noise_sigma)).astype(np.float32)
+    xa = sampling.sample_loop(a, x0.copy(), lambda x, t: fake_model(np.asarray(x), float(t)), guidance_scale=1.0)
+    xb = x0.copy()
+    for t in b.timesteps:
+        xb = b.step(fake_model(b.scale_model_input(xb, t), float(t)), t, xb)
+    return np.asarray(xa), xb
