@@ -1,0 +1,101 @@
+// EulerAncestralDiscreteScheduler, as diffusers: an Euler step to sigma_down plus fresh noise of
+// standard deviation sigma_up at every step (noise from the caller, or the scheduler's generator).
+// prediction_type "sample" is rejected (ConfigError): diffusers raises NotImplementedError for it.
+// Arithmetic follows diffusers' float32 tensor ops one by one.
+#include <algorithm>
+#include <cmath>
+
+#include "common.h"
+#include "schedulers/scheduler.h"
+#include "schedulers/sigma_utils.h"
+
+namespace fastgen {
+namespace {
+
+using sigma_utils::f32;
+
+class EulerAncestral final : public SigmaScheduler {
+ public:
+  explicit EulerAncestral(const Config& cfg) : SigmaScheduler(cfg), ns_(NoiseSchedule::from_config(cfg)) {
+    v_pred_ = cfg.get_string("prediction_type", "epsilon", {"epsilon", "v_prediction"}) == "v_prediction";
+    spacing_ = cfg.get_string("timestep_spacing", "linspace", spacing_names());
+    steps_offset_ = cfg.get_int("steps_offset", 0);
+    train_sigmas_ = sigma_utils::train_sigmas(ns_, cfg.get_bool("rescale_betas_zero_snr", false));
+  }
+  std::string class_name() const override { return "EulerAncestralDiscreteScheduler"; }
+  std::unique_ptr<Scheduler> clone() const override { return std::make_unique<EulerAncestral>(cfg_); }
+  bool integer_timesteps() const override { return false; }
+  bool is_stochastic(double) const override { return true; }
+
+  void set_timesteps(int n, std::optional<double> mu) override {
+    if (mu) throw ArgumentError("EulerAncestralDiscreteScheduler does not take mu");
+    const int T = ns_.num_train_timesteps;
+    if (n < 1) throw ArgumentError("num_inference_steps must be >= 1, got " + std::to_string(n));
+    if (spacing_ == "leading" && n > T)
+      throw ArgumentError("num_inference_steps must be <= " + std::to_string(T) + " with 'leading' timestep spacing, got " +
+                          std::to_string(n));
+    std::vector<double> ts = sigma_utils::euler_timesteps(T, n, spacing_, steps_offset_);
+    std::vector<double> xp(train_sigmas_.size());
+    for (size_t i = 0; i < xp.size(); ++i) xp[i] = static_cast<double>(i);
+    std::vector<double> sig;
+    for (double t : ts) sig.push_back(f32(interp(t, xp, train_sigmas_)));
+    sig.push_back(0.0);
+    sigmas_ = sig;
+    timesteps_ = ts;
+    reset_state(n);
+  }
+
+  double init_noise_sigma() const override {
+    float mx = 0;
+    if (sigmas_.empty()) for (double s : train_sigmas_) mx = std::max(mx, f32(s));
+    else for (double s : sigmas_) mx = std::max(mx, f32(s));
+    if (spacing_ == "linspace" || spacing_ == "trailing") return mx;
+    return std::sqrt(mx * mx + 1.0f);
+  }
+
+  void scale_model_input(const float* in, float* out, size_t n, double t) override {
+    const float sigma = sigma_at(sigma_index(t));
+    const float d = std::sqrt(sigma * sigma + 1.0f);
+    for (size_t i = 0; i < n; ++i) out[i] = in[i] / d;
+  }
+
+  void step(const float* model_output, double t, const float* sample, float* out, size_t n, size_t batch,
+            const float* noise, double eta) override {
+    const int idx = sigma_index(t);
+    const float sigma = sigma_at(idx);
+    const float sf = sigma, st = sigma_at(idx + 1);
+    const float sf2 = sf * sf, st2 = st * st;
+    const float sigma_up = std::sqrt(st2 * (sf2 - st2) / sf2);
+    const float sigma_down = std::sqrt(st2 - sigma_up * sigma_up);
+    const float dt = sigma_down - sigma;
+    const float s2 = sigma * sigma + 1.0f;
+    const float c = -sigma / std::sqrt(s2);
+    noise = noise_or_draw(noise, n);
+    for (size_t i = 0; i < n; ++i) {
+      const float x = sample[i], m = model_output[i];
+      const float x0 = v_pred_ ? m * c + x / s2 : x - sigma * m;
+      const float prev = x + ((x - x0) / sigma) * dt;
+      out[i] = prev + noise[i] * sigma_up;
+    }
+    advance();
+  }
+
+  void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
+    const int idx = noise_index(t);
+    const float sigma = sigma_at(idx);
+    for (size_t i = 0; i < n; ++i) out[i] = original[i] + noise[i] * sigma;
+  }
+
+ private:
+  NoiseSchedule ns_;
+  bool v_pred_;
+  std::string spacing_;
+  long long steps_offset_;
+  std::vector<double> train_sigmas_;
+};
+
+const Registrar reg("EulerAncestralDiscreteScheduler",
+                    [](const Config& c) -> std::unique_ptr<Scheduler> { return std::make_unique<EulerAncestral>(c); });
+
+}  // namespace
+}  // namespace fastgen
