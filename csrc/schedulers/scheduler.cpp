@@ -105,6 +105,7 @@ Prediction parse_prediction(const Config& cfg, bool allow_flow) {
 }
 
 void dynamic_threshold(float* x0, size_t n, size_t batch, double ratio, double max_value) {
+  if (n == 0) return;  // empty batch: nothing to threshold (and no quantile to take)
   if (batch == 0 || n % batch != 0) throw ShapeError("dynamic thresholding: size not divisible by batch");
   const size_t row = n / batch;
   std::vector<double> a(row);
