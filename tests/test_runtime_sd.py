@@ -11,10 +11,12 @@ H, W = 48, 80  # non-square; the tiny VAE's factor is 4, not 8
 PROMPTS = ["a photo of a red cat", "a blue dog on a circle"]
 
 
-def diffusers_pipe(src, cls_name="StableDiffusionPipeline", scheduler=None):
+def diffusers_pipe(src, cls_name="StableDiffusionPipeline", scheduler=None, **kw):
     import diffusers
 
-    pipe = getattr(diffusers, cls_name).from_pretrained(src, safety_checker=None, requires_safety_checker=False)
+    if cls_name.startswith("StableDiffusion") and "XL" not in cls_name and "3" not in cls_name:
+        kw.update(safety_checker=None, requires_safety_checker=False)
+    pipe = getattr(diffusers, cls_name).from_pretrained(src, **kw)
     if scheduler is not None:
         pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
