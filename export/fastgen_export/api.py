@@ -32,6 +32,7 @@ MIN_OPSET = 17
 #: components kept in float32 by ``dtype="fp16"`` (the SD / SDXL VAEs overflow in fp16)
 FP32_COMPONENTS = ("vae_decoder", "vae_encoder")
 
+_COLLECT_ABOVE = 256 * 1024**2  # bytes of weights above which a component's memory is reclaimed eagerly
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 _TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
 
@@ -283,8 +284,10 @@ class _Exporter:
         onnx_utils.check_graph(path)
         t_export = time.perf_counter() - t0
         self.info[name] = spec.info
+        big = onnx_utils.module_bytes(spec.module) > _COLLECT_ABOVE
         spec.module = None  # free the weights before the next component is loaded
-        gc.collect()
+        if big:  # a full collection costs ~0.5 s with diffusers + transformers imported: only when it pays
+            gc.collect()
 
         record = None
         msg = "parity off"

@@ -37,6 +37,8 @@ def _session(path: str):
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # no busy-waiting worker threads: exports often share the machine (and parity is a one-off run)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
