@@ -88,6 +88,7 @@ class StableDiffusionPipeline(Pipeline):
         self.unet_in_channels = int(c.get("unet_in_channels", self.latent_channels))
         self.default_height = int(c.get("default_height", 64 * self.vae_scale_factor))
         self.default_width = int(c.get("default_width", 64 * self.vae_scale_factor))
+        self.size_multiple = int(c.get("size_multiple", self.vae_scale_factor))
         self.min_size = int(c.get("min_size", self.vae_scale_factor))
         self.max_size = int(c.get("max_size", 4096))
         self.max_pixels = int(c.get("max_pixels", self.max_size * self.max_size))
@@ -213,7 +214,7 @@ class StableDiffusionPipeline(Pipeline):
 
     # ------------------------------------------------------------------ the shared flow
     def _size(self, height, width, pil_image) -> tuple[int, int]:
-        f = self.vae_scale_factor
+        f = max(self.size_multiple, self.vae_scale_factor)
         if pil_image is not None and (height is None or width is None):
             dh, dw = imgproc.default_size(pil_image, f)
         else:
@@ -222,7 +223,7 @@ class StableDiffusionPipeline(Pipeline):
         w = dw if width is None else _check_int("width", width, 1, 1 << 16)
         for name, v in (("height", h), ("width", w)):
             if v % f:
-                raise InvalidArgumentError(f"{name} must be a multiple of the VAE factor {f}, got {v}")
+                raise InvalidArgumentError(f"{name} must be a multiple of {f} for this engine, got {v}")
             if not self.min_size <= v <= self.max_size:
                 raise InvalidArgumentError(f"{name} must be in [{self.min_size}, {self.max_size}] for this engine, "
                                            f"got {v}")

@@ -1,0 +1,102 @@
+"""`fastgen generate [ENGINE_DIR] PROMPT -o out.png`: images from a prompt, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from ..errors import InvalidArgumentError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs="+", metavar="[ENGINE_DIR] PROMPT",
+                   help="engine directory (default: the built-in demo model) and the prompt")
+    p.add_argument("-o", "--output", default="out.png", help="output PNG (with -n > 1: out-0.png, out-1.png, ...)")
+    p.add_argument("--negative", "--negative-prompt", dest="negative", default=None)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (engine default)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (engine default)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--scheduler", default=None, help="scheduler class or alias: ddim, pndm, euler, euler_a, dpm++, "
+                                                     "dpm++-karras, unipc, lcm, ddpm, flow-euler")
+    p.add_argument("--image", default=None, help="init image: image-to-image")
+    p.add_argument("--mask", default=None, help="mask image (white = repaint): inpainting; needs --image")
+    p.add_argument("--strength", type=float, default=None)
+    p.add_argument("-n", "--num-images", type=int, default=1)
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None, lambda: None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None, lambda: None
+    bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False)
+
+    def cb(i, t, latents):
+        bar.update(1)
+        return True
+
+    return cb, bar.close
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import PngImagePlugin
+
+    from ..pipelines import Pipeline
+
+    if len(args.args) == 1:
+        engine, prompt = "demo", args.args[0]
+    elif len(args.args) == 2:
+        engine, prompt = args.args
+    else:
+        raise InvalidArgumentError("expected [ENGINE_DIR] PROMPT (quote the prompt)")
+    if args.mask and not args.image:
+        raise InvalidArgumentError("--mask needs --image")
+    t0 = time.perf_counter()
+    pipe = Pipeline.load(engine, backend=args.backend, device=args.device)
+    steps = args.steps if args.steps is not None else getattr(pipe, "default_steps", 50)
+    if args.strength is not None and args.image:
+        steps_run = max(1, min(int(steps * args.strength), steps))
+    else:
+        steps_run = steps
+    cb, close = _progress(steps_run, not args.no_progress and sys.stderr.isatty() or os.environ.get("FASTGEN_PROGRESS") == "1")
+    kw = dict(negative_prompt=args.negative, num_inference_steps=args.steps, guidance_scale=args.guidance,
+              height=args.height, width=args.width, num_images_per_prompt=args.num_images, seed=args.seed,
+              scheduler=args.scheduler, callback=cb)
+    try:
+        if args.mask:
+            out = pipe.inpaint(prompt, image=args.image, mask_image=args.mask,
+                               strength=1.0 if args.strength is None else args.strength, **kw)
+        elif args.image:
+            out = pipe.img2img(prompt, image=args.image, strength=0.8 if args.strength is None else args.strength, **kw)
+        else:
+            out = pipe(prompt, **kw)
+    finally:
+        close()
+    meta = PngImagePlugin.PngInfo()
+    info = {"prompt": prompt, "negative_prompt": args.negative or "", "seed": out.seed,
+            "steps": steps, "guidance_scale": args.guidance if args.guidance is not None else pipe.default_guidance,
+            "scheduler": args.scheduler or pipe.scheduler_config.get("_class_name", ""),
+            "engine": os.path.basename(pipe.engine_dir), "generator": "fastgen"}
+    for k, v in info.items():
+        meta.add_text(f"fastgen:{k}" if k != "prompt" else "prompt", str(v))
+    root, ext = os.path.splitext(args.output)
+    paths = [args.output] if len(out.images) == 1 else [f"{root}-{i}{ext or '.png'}" for i in range(len(out.images))]
+    for im, path in zip(out.images, paths):
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        im.save(path, pnginfo=meta)
+    total = time.perf_counter() - t0
+    for path in paths:
+        print(path)
+    print(f"seed {out.seed}, {steps_run} steps, {total:.2f}s total "
+          f"({out.timings.get('total', 0):.2f}s generating)", file=sys.stderr)
+    return 0
