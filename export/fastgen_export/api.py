@@ -181,8 +181,11 @@ class _Exporter:
                 "created": mf.utc_now()}
 
     # -- shapes
-    def _latent_dims(self, cfg: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int], int | None]:
-        """(export latent hw, parity latent hw, max latent side) from the denoiser config."""
+    def _latent_dims(self, cfg: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(traced latent height/width, parity latent height/width) from the denoiser config.
+
+        The trace uses half the model's sample size (cheaper; the graph is shape-generic), parity a
+        non-square 3/4 x 5/4 of it, so a size baked into the graph cannot go unnoticed."""
         s = cfg.get("sample_size") or 64
         sh, sw = (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
         if self.plan.family == "sd3":
@@ -197,7 +200,7 @@ class _Exporter:
             parity_hw = (min(parity_hw[0], max_side), min(parity_hw[1], max_side))
         if parity_hw == export_hw:
             parity_hw = (parity_hw[0] + m, parity_hw[1] + 2 * m)
-        return export_hw, parity_hw, max_side
+        return export_hw, parity_hw
 
     @staticmethod
     def _dims(batch: int, hw: tuple[int, int], f: int) -> dict[str, int]:
@@ -211,7 +214,7 @@ class _Exporter:
         den_cfg = dif.read_json(os.path.join(plan.path(den_name), "config.json"))
         vae_cfg = dif.read_json(os.path.join(plan.path("vae"), "config.json"))
         f = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
-        export_hw, parity_hw, _ = self._latent_dims(den_cfg)
+        export_hw, parity_hw = self._latent_dims(den_cfg)
         self.export_dims = self._dims(2, export_hw, f)
         self.parity_dims = self._dims(1, parity_hw, f)
 

@@ -21,7 +21,7 @@ from typing import Any
 from fastgen.errors import ExportError
 
 __all__ = ["SUPPORTED_PIPELINES", "PipelinePlan", "TensorSpec", "ComponentSpec", "plan_pipeline",
-           "component_names", "build_text_encoder", "build_denoiser", "build_vae", "pipeline_config",
+           "build_text_encoder", "build_denoiser", "build_vae", "pipeline_config",
            "scheduler_config", "read_json", "T5_MAX_LENGTH"]
 
 #: diffusers pipeline class -> (family, engine kind). img2img classes share their text2img engine:
@@ -116,13 +116,6 @@ def plan_pipeline(root: str) -> PipelinePlan:
     return PipelinePlan(root, class_name, family, kind, index, parts)
 
 
-def component_names(plan: PipelinePlan) -> list[str]:
-    """Engine components in export order (text encoders, denoiser, VAE decoder, VAE encoder)."""
-    names = [n for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if plan.has(n)]
-    names.append("transformer" if plan.family == "sd3" else "unet")
-    return names + ["vae_decoder", "vae_encoder"]
-
-
 def _has_accelerate() -> bool:
     return importlib.util.find_spec("accelerate") is not None
 
@@ -176,9 +169,6 @@ class TensorSpec:
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
-    def resolve(self, dims: dict[str, int]) -> tuple[int, ...]:
-        return tuple(d if isinstance(d, int) else dims[d] for d in self.shape)
-
 
 #: dims -> generator -> inputs in the order of ``ComponentSpec.inputs``
 InputMaker = Callable[[dict[str, int], Any], tuple]
@@ -191,7 +181,6 @@ class ComponentSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     make_inputs: InputMaker
-    dtype: str = "fp32"
     info: dict[str, Any] = field(default_factory=dict)  # facts for pipeline_config
 
     @property
