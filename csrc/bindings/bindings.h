@@ -20,5 +20,6 @@ std::string shape_str(const std::vector<ssize_t>& shape);
 void bind_random(py::module_& m);
 void bind_schedulers(py::module_& m);
 void bind_sampling(py::module_& m);
+void bind_text(py::module_& m);
 
 }  // namespace fastgen::py_bind
