@@ -85,6 +85,7 @@ class DPMSolverMultistep final : public Scheduler {
   std::string class_name() const override { return "DPMSolverMultistepScheduler"; }
   std::unique_ptr<Scheduler> clone() const override { return std::make_unique<DPMSolverMultistep>(cfg_); }
   bool is_stochastic(double) const override { return algo_ == Algo::SDE || algo_ == Algo::SDEpp; }
+  bool scale_is_identity() const override { return true; }
 
   void set_timesteps(int n, std::optional<double> mu) override {
     if (mu) throw ArgumentError("DPMSolverMultistepScheduler does not take mu (dynamic shifting is not supported)");

@@ -83,6 +83,7 @@ class UniPCMultistep final : public Scheduler {
 
   std::string class_name() const override { return "UniPCMultistepScheduler"; }
   std::unique_ptr<Scheduler> clone() const override { return std::make_unique<UniPCMultistep>(cfg_); }
+  bool scale_is_identity() const override { return true; }
 
   void set_timesteps(int n, std::optional<double> mu) override {
     if (mu) throw ArgumentError("UniPCMultistepScheduler does not take mu (dynamic shifting is not supported)");
