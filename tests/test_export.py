@@ -351,6 +351,27 @@ def test_fp16_export(engine, pipes):
 # --------------------------------------------------------------------------------- bad input / safety
 
 
+def test_hub_id_goes_through_diffusers_download(tiny, tmp_path, monkeypatch):
+    import diffusers
+
+    asked = []
+
+    def fake_download(name, **kwargs):  # stands in for the hub: no network in tests
+        asked.append(name)
+        return tiny("sd")
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "download", staticmethod(fake_download))
+    out = export("someorg/tiny-sd", tmp_path / "engine", parity=False, log=None)
+    assert asked == ["someorg/tiny-sd"] and manifest_of(out)["source"]["id"] == "someorg/tiny-sd"
+
+    def no_network(name, **kwargs):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "download", staticmethod(no_network))
+    with pytest.raises(ExportError, match="cannot download 'someorg/other'.*no route to host"):
+        export("someorg/other", tmp_path / "engine2", log=None)
+
+
 def test_not_a_pipeline_folder(tmp_path):
     with pytest.raises(ExportError, match="not a diffusers pipeline folder .no model_index.json"):
         export(tmp_path, tmp_path.parent / "out-a", log=None)

@@ -73,7 +73,8 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     _check_output(out, overwrite)
     root, source_id = _resolve_source(os.fspath(src), log)
     plan = dif.plan_pipeline(root)
-    if out == root or out.startswith(root + os.sep) or root.startswith(out + os.sep):
+    real_out = os.path.realpath(out)
+    if real_out == root or real_out.startswith(root + os.sep) or root.startswith(real_out + os.sep):
         raise ExportError(f"output {out} must not be the source folder {root}, inside it, or contain it")
 
     parent = os.path.dirname(out)
