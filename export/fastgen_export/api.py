@@ -71,6 +71,14 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
         raise ExportError(f"tolerance must be > 0, got {tolerance!r}")
     out = os.path.abspath(os.fspath(out))
     _check_output(out, overwrite)
+    # --- captioning (issue 8): transformers captioner folders go to fastgen_export.caption ---
+    if os.path.isdir(os.fspath(src)):
+        from .caption import captioner_family, export_captioner
+
+        if captioner_family(os.fspath(src)) is not None:
+            return export_captioner(os.fspath(src), out, dtype=dtype, opset=opset, overwrite=overwrite, parity_check=parity,
+                                    tolerance=tolerance, log=log, check_output=_check_output, commit=_commit)
+    # --- end captioning ---
     root, source_id = _resolve_source(os.fspath(src), log)
     plan = dif.plan_pipeline(root)
     real_out = os.path.realpath(out)
