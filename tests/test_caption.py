@@ -1,0 +1,280 @@
+"""Image captioning: C++ search vs transformers, export of tiny ViT-GPT2 / BLIP, runtime parity, errors, CLI.
+
+Tiny random models are built from config classes with word-level tokenizers (no downloads); each is
+saved, exported once per module, and the runtime's token ids and texts are compared with
+``model.generate(pixel_values=..., do_sample=False)`` under the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("onnxruntime")
+
+import fastgen  # noqa: E402
+from fastgen import _core  # noqa: E402
+from fastgen.errors import FastgenError, InvalidArgumentError, UnsupportedError  # noqa: E402
+
+WORDS = "a photo of cat dog on the grass two sitting red blue car street man woman with table and in".split()
+MAX_NEW = 10
+
+
+# ----------------------------------------------------------------------------------------- tiny models
+
+
+def _wordlevel(specials):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok, vocab
+
+
+def make_vit_gpt2(folder: str, seed: int = 0):
+    from transformers import (GPT2Config, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil,
+                              VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
+
+    torch.manual_seed(seed)
+    tok, vocab = _wordlevel(["<|endoftext|>", "<unk>", "<pad>"])
+    enc = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
+                    patch_size=8)
+    # decoder width 24 != encoder width 32: exercises the enc_to_dec projection
+    dec = GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=24, n_layer=2, n_head=2, add_cross_attention=True,
+                     is_decoder=True, bos_token_id=0, eos_token_id=0, pad_token_id=2)
+    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id = 0, 0, 2
+    model = VisionEncoderDecoderModel(config=cfg).eval()
+    g = model.generation_config
+    g.decoder_start_token_id, g.eos_token_id, g.pad_token_id = 0, 0, 2
+    model.save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                            unk_token="<unk>", pad_token="<pad>").save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return model
+
+
+def make_blip(folder: str, seed: int = 0):
+    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
+                              BlipTextConfig, BlipVisionConfig)
+
+    torch.manual_seed(seed)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    vocab = {t: i for i, t in enumerate(specials + WORDS)}
+    tc = BlipTextConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64, bos_token_id=5, sep_token_id=3,
+                        pad_token_id=0, eos_token_id=3)
+    vc = BlipVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                          image_size=32, patch_size=8)
+    model = BlipForConditionalGeneration(BlipConfig(text_config=tc.to_dict(), vision_config=vc.to_dict())).eval()
+    model.save_pretrained(folder)
+    BertTokenizerFast(vocab=vocab, bos_token="[DEC]").save_pretrained(folder)
+    BlipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    from fastgen_export import export
+
+    root = tmp_path_factory.mktemp("caption")
+    out = {}
+    for name, make in (("vit-gpt2", make_vit_gpt2), ("blip", make_blip)):
+        src = str(root / f"{name}-src")
+        model = make(src)
+        eng = export(src, str(root / f"{name}-engine"), log=None)
+        out[name] = (src, eng, model)
+    return out
+
+
+def _images(n=3):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (40 + 7 * i, 50 - 3 * i, 3), dtype=np.uint8)) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------- C++ search
+
+
+def test_search_matches_transformers_generate():
+    """caption_search driven by a decoder-only GPT-2 (no cache: the callback keeps the token history and
+    applies the reorder indices itself) gives transformers' generate() ids exactly."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    m = GPT2LMHeadModel(GPT2Config(vocab_size=12, n_positions=64, n_embd=16, n_layer=1, n_head=2, bos_token_id=1,
+                                   eos_token_id=2, pad_token_id=0)).eval()
+    prompt = np.random.default_rng(1).integers(3, 12, size=(2, 2)).astype(np.int64)
+    settings = [dict(num_beams=1), dict(num_beams=1, repetition_penalty=1.3, no_repeat_ngram_size=2),
+                dict(num_beams=3, length_penalty=0.5, no_repeat_ngram_size=2, num_return_sequences=2),
+                dict(num_beams=3, early_stopping=True, length_penalty=2.0),
+                dict(num_beams=2, early_stopping="never", repetition_penalty=1.5)]
+    saw_eos = False
+    for kw in settings:
+        hist = {}
+
+        def step(ids, reorder):
+            if "h" not in hist:
+                hist["h"] = ids.copy()
+            else:
+                h = hist["h"] if reorder is None else hist["h"][reorder]
+                hist["h"] = np.concatenate([h, ids], 1)
+            with torch.no_grad():
+                return m(torch.from_numpy(hist["h"])).logits[:, -1].float().numpy()
+
+        seq, scores, steps = _core.caption_search(prompt, step, max_new_tokens=8, eos_token_ids=[2], pad_token_id=0,
+                                                  **kw)
+        with torch.no_grad():
+            ref = m.generate(torch.from_numpy(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+                             do_sample=False, max_new_tokens=8, eos_token_id=2, pad_token_id=0, **kw).numpy()
+        assert seq.shape == ref.shape and (seq == ref).all(), (kw, seq, ref)
+        assert (scores is None) == (kw["num_beams"] == 1)
+        saw_eos = saw_eos or bool((seq[:, 2:] == 2).any())
+    assert saw_eos  # the eos / finished-hypothesis paths ran
+
+
+def test_search_errors():
+    def step(ids, reorder):
+        return np.zeros((ids.shape[0], 8), np.float32)
+
+    p = np.zeros((1, 1), np.int64)
+    with pytest.raises(InvalidArgumentError):
+        _core.caption_search(p, step, num_beams=0)
+    with pytest.raises(InvalidArgumentError):
+        _core.caption_search(p, step, max_new_tokens=0)
+    with pytest.raises(InvalidArgumentError):
+        _core.caption_search(p, step, num_beams=2, num_return_sequences=3)
+    with pytest.raises(InvalidArgumentError):
+        _core.caption_search(p, step, early_stopping="sometimes")
+    with pytest.raises(fastgen.errors.ShapeError):
+        _core.caption_search(p, lambda ids, r: np.zeros((5, 8), np.float32))
+    with pytest.raises(fastgen.errors.ShapeError):
+        _core.caption_search(np.zeros((0, 1), np.int64), step)
+    with pytest.raises(ZeroDivisionError):  # callback exceptions propagate unchanged
+        _core.caption_search(p, lambda ids, r: 1 / 0)
+
+
+def test_reorder_only_when_order_changes():
+    calls = []
+
+    def step(ids, reorder):
+        calls.append(None if reorder is None else reorder.tolist())
+        logits = np.full((ids.shape[0], 6), -5.0, np.float32)
+        logits[:, 3] = 0.0  # every beam prefers token 3: beam 0 stays best, order stays
+        return logits
+
+    _core.caption_search(np.zeros((2, 1), np.int64), step, num_beams=2, max_new_tokens=3, eos_token_ids=[1])
+    assert calls[0] is None
+    assert any(c is not None for c in calls[1:]) or len(calls) == 1
+
+
+# ----------------------------------------------------------------------------------------- export + runtime
+
+
+def test_manifest(engines):
+    for name, (src, eng, _) in engines.items():
+        with open(os.path.join(eng, "fastgen.json")) as f:
+            m = json.load(f)
+        assert m["kind"] == "captioning" and m["family"] == name
+        assert set(m["components"]) == {"vision_encoder", "text_decoder"}
+        for comp in m["components"].values():
+            assert comp["parity"]["passed"] is True
+        assert m["config"]["preprocess"]["size"] == {"height": 32, "width": 32}
+        assert m["tokenizers"]["tokenizer"]["path"] == "tokenizer/tokenizer.json"
+        pipe = fastgen.Pipeline.load(eng)
+        assert type(pipe).__name__ == "CaptioningPipeline"
+
+
+def test_preprocess_equals_image_processor(engines):
+    from transformers import AutoImageProcessor
+
+    for src, eng, _ in engines.values():
+        proc = AutoImageProcessor.from_pretrained(src, backend="pil")
+        imgs = _images()
+        want = proc(imgs, return_tensors="np")["pixel_values"]
+        got = fastgen.Pipeline.load(eng).preprocess(imgs)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+SETTINGS = [
+    dict(num_beams=1),
+    dict(num_beams=3),
+    dict(num_beams=3, length_penalty=0.6, no_repeat_ngram_size=2, num_return_sequences=2),
+    dict(num_beams=2, early_stopping=True, repetition_penalty=1.3),
+    dict(num_beams=1, no_repeat_ngram_size=2, repetition_penalty=1.2),
+]
+
+
+@pytest.mark.parametrize("name,prompt", [("vit-gpt2", None), ("blip", None), ("blip", "a photo of")])
+def test_runtime_matches_generate(engines, name, prompt):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    src, eng, model = engines[name]
+    tok = AutoTokenizer.from_pretrained(src)
+    imgs = _images()
+    pv = torch.from_numpy(AutoImageProcessor.from_pretrained(src, backend="pil")(imgs, return_tensors="np")
+                          ["pixel_values"])
+    pipe = fastgen.Pipeline.load(eng)
+    for kw in SETTINGS:
+        out = pipe(imgs, prompt=prompt, max_new_tokens=MAX_NEW, **kw)
+        extra = {} if prompt is None else {"input_ids": torch.tensor([tok(prompt).input_ids] * len(imgs))}
+        with torch.no_grad():
+            ref = model.generate(pixel_values=pv, do_sample=False, max_new_tokens=MAX_NEW, **extra, **kw).tolist()
+        assert out.token_ids == ref, kw
+        assert out.texts == [s.strip() for s in tok.batch_decode(ref, skip_special_tokens=True)], kw
+        assert len(out.texts) == len(imgs) * kw.get("num_return_sequences", 1)
+    if prompt is not None:
+        assert all(t.startswith(prompt) for t in out.texts)
+    assert any(out.texts)
+
+
+def test_bad_inputs(engines, tmp_path):
+    pipe = fastgen.Pipeline.load(engines["vit-gpt2"][1])
+    img = _images(1)
+    bad = tmp_path / "not-an-image.png"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(InvalidArgumentError):
+        pipe([])
+    with pytest.raises(InvalidArgumentError):
+        pipe([str(bad)])
+    with pytest.raises(InvalidArgumentError):
+        pipe([str(tmp_path / "missing.png")])
+    with pytest.raises(InvalidArgumentError):
+        pipe(img, num_beams=0)
+    with pytest.raises(InvalidArgumentError):
+        pipe(img, max_new_tokens=0)
+    with pytest.raises(InvalidArgumentError):
+        pipe(img, num_beams=2, num_return_sequences=3)
+    with pytest.raises(InvalidArgumentError):
+        pipe(img, early_stopping="maybe")
+    with pytest.raises(InvalidArgumentError):
+        pipe(img, repetition_penalty=0)
+    with pytest.raises(UnsupportedError):
+        pipe(img, prompt="a photo of")
+    with pytest.raises(FastgenError):
+        fastgen.Pipeline.load(engines["blip"][1])(img * 2, prompt=["a photo of"])
+
+
+def test_cli(engines, tmp_path, capsys):
+    from fastgen.cli import main
+
+    paths = []
+    for i, im in enumerate(_images(2)):
+        p = tmp_path / f"img{i}.png"
+        im.save(p)
+        paths.append(str(p))
+    eng = engines["vit-gpt2"][1]
+    assert main(["caption", eng, *paths, "--beams", "3", "--max-new-tokens", "6", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    want = fastgen.Pipeline.load(eng)(paths, num_beams=3, max_new_tokens=6)
+    assert [d["caption"] for d in data] == want.texts
+    assert [d["image"] for d in data] == paths
+    assert main(["caption", eng, str(tmp_path / "missing.png")]) == 2
