@@ -162,17 +162,33 @@ def test_search_errors():
 
 
 def test_reorder_only_when_order_changes():
+    """reorder is None on the first step and whenever the surviving beams keep their rows; otherwise it
+    names, per row, the source row (within the same image) whose cache that row continues."""
     calls = []
+    rng = np.random.default_rng(3)
 
     def step(ids, reorder):
         calls.append(None if reorder is None else reorder.tolist())
-        logits = np.full((ids.shape[0], 6), -5.0, np.float32)
-        logits[:, 3] = 0.0  # every beam prefers token 3: beam 0 stays best, order stays
+        return rng.standard_normal((ids.shape[0], 7)).astype(np.float32)
+
+    _core.caption_search(np.zeros((2, 1), np.int64), step, num_beams=3, max_new_tokens=8)
+    assert calls[0] is None and len(calls) == 8
+    given = [c for c in calls[1:] if c is not None]
+    assert given, "random logits should reorder beams at least once"
+    for c in given:
+        assert c != list(range(6))
+        assert all(0 <= r < 3 for r in c[:3]) and all(3 <= r < 6 for r in c[3:])
+
+    calls.clear()
+
+    def steady(ids, reorder):  # every beam prefers the same tokens: beam j stays row j
+        calls.append(None if reorder is None else reorder.tolist())
+        logits = np.zeros((ids.shape[0], 7), np.float32)
+        logits[:, 4], logits[:, 5] = 3.0, 2.0
         return logits
 
-    _core.caption_search(np.zeros((2, 1), np.int64), step, num_beams=2, max_new_tokens=3, eos_token_ids=[1])
+    _core.caption_search(np.zeros((1, 1), np.int64), steady, num_beams=2, max_new_tokens=4)
     assert calls[0] is None
-    assert any(c is not None for c in calls[1:]) or len(calls) == 1
 
 
 # ----------------------------------------------------------------------------------------- export + runtime
