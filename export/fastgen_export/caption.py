@@ -181,7 +181,12 @@ def _export_tokenizer(folder: str, out_path: str) -> dict[str, Any]:
     for text in ("a photo of", "two dogs on the grass"):
         if re.encode(text).ids != tok(text).input_ids:
             raise ExportError(f"exported tokenizer does not reproduce {type(tok).__name__} on {text!r}")
+    # decoding (skip_special_tokens) must match transformers' batch_decode too (cleanup of spaces, ...)
+    samples = [tok(t).input_ids for t in ("a photo of a cat, sitting on the grass.", "two dogs ; and a 'red' car!")]
+    decode_ok = [re.decode(ids, skip_special_tokens=True).strip() for ids in samples] == \
+        [s.strip() for s in tok.batch_decode(samples, skip_special_tokens=True)]
     return {"class": type(tok).__name__, "max_length": int(min(tok.model_max_length, 65536)),
+            "decode_matches_transformers": bool(decode_ok),
             "pad_token_id": None if tok.pad_token_id is None else int(tok.pad_token_id),
             "special_token_ids": sorted(int(i) for i in tok.all_special_ids)}
 

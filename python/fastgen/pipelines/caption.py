@@ -122,6 +122,9 @@ class CaptioningPipeline(Pipeline):
                 x = x.astype(np.float32) if x.dtype != np.float32 else x
                 x = (x - self._mean[:, None, None]) / self._std[:, None, None]
             out.append(np.ascontiguousarray(x, dtype=np.float32))
+        if len({a.shape for a in out}) != 1:
+            raise InvalidArgumentError("images have different sizes and this engine does not resize them "
+                                       f"(do_resize false): {sorted({a.shape[1:] for a in out})}")
         return np.stack(out)
 
     def _prompt_ids(self, prompt: Any, n: int) -> np.ndarray:
