@@ -228,14 +228,14 @@ class DPMSolverMultistep final : public Scheduler {
     if (algo_ == Algo::DPMpp || algo_ == Algo::SDEpp) {
       switch (prediction_) {
         case Prediction::Epsilon: for (size_t i = 0; i < n; ++i) o[i] = (s[i] - st * m[i]) / at; break;
-        case Prediction::Sample: std::memcpy(o, m, n * sizeof(float)); break;
+        case Prediction::Sample: std::copy_n(m, n, o); break;
         default: for (size_t i = 0; i < n; ++i) o[i] = at * s[i] - st * m[i]; break;
       }
       if (thresholding_) dynamic_threshold(o, n, batch, threshold_ratio_, sample_max_);
       return;
     }
     switch (prediction_) {
-      case Prediction::Epsilon: std::memcpy(o, m, n * sizeof(float)); break;
+      case Prediction::Epsilon: std::copy_n(m, n, o); break;
       case Prediction::Sample: for (size_t i = 0; i < n; ++i) o[i] = (s[i] - at * m[i]) / st; break;
       default: for (size_t i = 0; i < n; ++i) o[i] = at * m[i] + st * s[i]; break;
     }

@@ -140,7 +140,7 @@ class UniPCMultistep final : public Scheduler {
 
     convert(model_output, sample, conv_.data(), n, batch, sigmas_[idx]);
     if (use_corrector) corrector(idx, sample, n);
-    else std::memcpy(next_last_.data(), sample, n * sizeof(float));
+    else std::copy_n(sample, n, next_last_.data());
     std::swap(last_, next_last_);
     has_last_ = true;
 
@@ -180,14 +180,14 @@ class UniPCMultistep final : public Scheduler {
     if (predict_x0_) {
       switch (prediction_) {
         case Prediction::Epsilon: for (size_t i = 0; i < n; ++i) o[i] = (s[i] - st * m[i]) / at; break;
-        case Prediction::Sample: std::memcpy(o, m, n * sizeof(float)); break;
+        case Prediction::Sample: std::copy_n(m, n, o); break;
         default: for (size_t i = 0; i < n; ++i) o[i] = at * s[i] - st * m[i]; break;
       }
       if (thresholding_) dynamic_threshold(o, n, batch, threshold_ratio_, sample_max_);
       return;
     }
     switch (prediction_) {
-      case Prediction::Epsilon: std::memcpy(o, m, n * sizeof(float)); break;
+      case Prediction::Epsilon: std::copy_n(m, n, o); break;
       case Prediction::Sample: for (size_t i = 0; i < n; ++i) o[i] = (s[i] - at * m[i]) / st; break;
       default: for (size_t i = 0; i < n; ++i) o[i] = at * m[i] + st * s[i]; break;
     }
