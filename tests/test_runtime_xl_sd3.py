@@ -41,3 +41,34 @@ def test_sd3_text2img_matches_diffusers(kind):
     want = ref("a red cat", latents=torch.from_numpy(lat), output_type="np", **kw).images
     got = pipe("a red cat", latents=lat, output_type="np", **kw).images
     assert max_diff(got, want) < 2e-3
+
+
+@pytest.mark.parametrize("kind,cls,module", [
+    ("sdxl", "StableDiffusionXLImg2ImgPipeline", "stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img"),
+    ("sd3", "StableDiffusion3Img2ImgPipeline", "stable_diffusion_3.pipeline_stable_diffusion_3_img2img"),
+])
+def test_img2img_xl_sd3_matches_diffusers(kind, cls, module, monkeypatch):
+    import importlib
+
+    from PIL import Image
+
+    from test_runtime_sd import _test_image
+
+    m = importlib.import_module(f"diffusers.pipelines.{module}")
+    src, eng = tiny_engine(kind)
+    extra = {"text_encoder_3": None, "tokenizer_3": None} if kind == "sd3" else {}
+    if kind == "sdxl":
+        extra["requires_aesthetics_score"] = False
+    ref = diffusers_pipe(src, cls, **extra)
+    pipe = fastgen.Pipeline.load(eng)
+    img = Image.fromarray(_test_image(H, W, 2))
+    c = pipe.latent_channels
+    noise = fastgen.randn((1, c, H // 4, W // 4), seed=21)
+    orig = m.retrieve_latents
+    monkeypatch.setattr(m, "retrieve_latents", lambda out, generator=None, sample_mode="sample": orig(
+        out, sample_mode="argmax"))
+    monkeypatch.setattr(m, "randn_tensor", lambda shape, **k: torch.from_numpy(noise.copy()))
+    kw = dict(strength=0.7, num_inference_steps=6, guidance_scale=4.0, height=H, width=W)
+    want = ref("a red cat", image=img, output_type="np", **kw).images
+    got = pipe.img2img("a red cat", image=img, latents=noise, output_type="np", **kw).images
+    assert max_diff(got, want) < 2e-3

@@ -238,3 +238,20 @@ def build_tiny_pipeline(kind: str, out_dir: str | os.PathLike, *, seed: int = 0,
         torch.random.set_rng_state(state)
         shutil.rmtree(scratch, ignore_errors=True)
     return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastgen_export.testing KIND OUT_DIR``: save a tiny random-weight pipeline."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fastgen_export.testing", description=main.__doc__)
+    ap.add_argument("kind", choices=list(KINDS))
+    ap.add_argument("out_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    print(build_tiny_pipeline(args.kind, args.out_dir, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -154,6 +154,11 @@ class StableDiffusionPipeline(Pipeline):
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0
 
+    def first_step(self, steps: int, strength: float) -> int:
+        """Index of the first denoising step for img2img / inpaint (diffusers' get_timesteps)."""
+        init_timestep = min(int(steps * strength), steps)
+        return max(steps - init_timestep, 0)
+
     # ------------------------------------------------------------------ public API
     def __call__(self, prompt, negative_prompt=None, num_inference_steps=None, guidance_scale=None, height=None,
                  width=None, num_images_per_prompt=1, seed=None, latents=None, scheduler=None,
@@ -352,8 +357,7 @@ class StableDiffusionPipeline(Pipeline):
                                seed, lat_shape, cfg):
         pixels = imgproc.preprocess_image(pil_images, h, w)
         order = sched.order
-        init_timestep = min(int(steps * strength), steps)
-        t_begin = max(steps - init_timestep, 0)
+        t_begin = self.first_step(steps, strength)
         timesteps = sched.timesteps[t_begin * order:]
         if len(timesteps) < 1:
             raise InvalidArgumentError(f"strength {strength} with {steps} steps leaves no denoising step")
@@ -472,6 +476,10 @@ class StableDiffusion3Pipeline(StableDiffusionPipeline):
 
     def network_inputs(self, x, t, cond):
         return {"hidden_states": x, "timestep": np.full((x.shape[0],), t, np.float32), **cond.arrays}
+
+    def first_step(self, steps, strength):
+        # SD3's get_timesteps rounds after subtracting (diffusers' StableDiffusion3Img2ImgPipeline)
+        return int(max(steps - min(steps * strength, steps), 0))
 
     def set_timesteps(self, sched, steps, height, width):
         mu = None
