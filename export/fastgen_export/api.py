@@ -80,7 +80,15 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
                                     tolerance=tolerance, log=log, check_output=_check_output, commit=_commit)
     # --- end captioning ---
     root, source_id = _resolve_source(os.fspath(src), log)
-    plan = dif.plan_pipeline(root)
+    # --- video (issue 9): AnimateDiffPipeline folders are planned / exported by fastgen_export.video ---
+    from . import video as _video
+
+    exporter_cls: Callable[..., Any] = _Exporter
+    if _video.is_video_pipeline(root):
+        plan, exporter_cls = _video.plan_video_pipeline(root), _video.VideoExporter
+    else:
+        plan = dif.plan_pipeline(root)
+    # --- end video ---
     real_out = os.path.realpath(out)
     if real_out == root or real_out.startswith(root + os.sep) or root.startswith(real_out + os.sep):
         raise ExportError(f"output {out} must not be the source folder {root}, inside it, or contain it")
@@ -91,7 +99,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     started = time.perf_counter()
     try:
         os.chmod(work, 0o777 & ~mf.current_umask())
-        _Exporter(plan, work, source_id=source_id, dtype=dtype, opset=opset, optimize=optimize,
+        exporter_cls(plan, work, source_id=source_id, dtype=dtype, opset=opset, optimize=optimize,
                   parity=parity, tolerance=tolerance, log=log).run()
         _commit(work, out, overwrite)
     except BaseException:

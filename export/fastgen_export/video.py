@@ -1,0 +1,204 @@
+"""Video export (issue 9): diffusers ``AnimateDiffPipeline`` -> a ``text2video`` engine.
+
+``api.export`` routes a folder whose ``model_index.json`` names a class in :data:`VIDEO_PIPELINES`
+here (``plan_video_pipeline`` + :class:`VideoExporter`). The engine holds:
+
+* ``text_encoder`` (CLIP, as for SD), ``tokenizer``, ``scheduler``;
+* ``unet``: the UNetMotionModel (UNet2D + MotionAdapter) with inputs ``sample`` [batch, C, frames, h, w]
+  (diffusers' AnimateDiff layout), ``timestep`` float32 [batch], ``encoder_hidden_states``
+  [batch, L, D] (one prompt embedding per video: the graph repeats it over the frames, as the
+  diffusers pipeline's ``repeat_interleave(num_frames)`` does) -> ``noise_pred`` [batch, C, frames, h, w];
+  ``frames`` is a dynamic axis, at most ``config.motion_max_seq_length``;
+* ``vae_decoder``: the image VAE decoder (the runtime decodes frames as a batch).
+
+``build_tiny_animatediff(out_dir)`` saves a tiny random-weight AnimateDiffPipeline for tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from fastgen.errors import ExportError, InvalidArgumentError
+
+from . import diffusion as dif
+
+__all__ = ["VIDEO_PIPELINES", "is_video_pipeline", "plan_video_pipeline", "VideoExporter", "build_motion_unet",
+           "build_tiny_animatediff"]
+
+#: diffusers pipeline class -> (family, engine kind)
+VIDEO_PIPELINES = {"AnimateDiffPipeline": ("sd", "text2video")}
+_REQUIRED = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
+_EXPECTED = {"text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"), "unet": ("UNetMotionModel",),
+             "vae": ("AutoencoderKL",)}
+
+
+def is_video_pipeline(root: str) -> bool:
+    path = os.path.join(root, "model_index.json")
+    if not os.path.isfile(path):
+        return False
+    try:
+        return dif.read_json(path).get("_class_name") in VIDEO_PIPELINES
+    except ExportError:
+        return False
+
+
+def plan_video_pipeline(root: str) -> dif.PipelinePlan:
+    index = dif.read_json(os.path.join(root, "model_index.json"))
+    class_name = index.get("_class_name")
+    if class_name not in VIDEO_PIPELINES:
+        raise ExportError(f"unsupported video pipeline class {class_name!r}")
+    family, kind = VIDEO_PIPELINES[class_name]
+    parts: dict[str, tuple[str, str]] = {}
+    for name in _REQUIRED:
+        entry = index.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] and entry[1]):
+            raise ExportError(f"{class_name} folder {root} has no {name!r} (model_index.json entry is {entry!r})")
+        if not os.path.isdir(os.path.join(root, name)):
+            raise ExportError(f"missing component folder {name!r} in {root} (listed in model_index.json)")
+        library, cls = str(entry[0]), str(entry[1])
+        if name in _EXPECTED and cls not in _EXPECTED[name]:
+            raise ExportError(f"unsupported {name} class {cls!r} in {root}; expected one of {', '.join(_EXPECTED[name])}")
+        parts[name] = (library, cls)
+    return dif.PipelinePlan(root, class_name, family, kind, index, parts)
+
+
+def build_motion_unet(plan: dif.PipelinePlan, *, text_length: int) -> dif.ComponentSpec:
+    """The UNetMotionModel with the engine boundary (see the module docstring)."""
+    import torch
+
+    model = dif.load_model(plan, "unet")
+    cfg = model.config
+    c_in, c_out, d = cfg.in_channels, cfg.out_channels, cfg.cross_attention_dim
+    if isinstance(d, (list, tuple)):
+        d = d[0]
+    if getattr(cfg, "addition_embed_type", None) is not None or getattr(cfg, "time_cond_proj_dim", None):
+        raise ExportError("AnimateDiff UNets with additional conditioning (SDXL, LCM cond) are not supported")
+    max_frames = int(cfg.motion_max_seq_length)
+
+    class MotionUNet(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            f = sample.shape[2]
+            b, length, dim = encoder_hidden_states.shape
+            ehs = encoder_hidden_states[:, None].expand(b, f, length, dim).reshape(b * f, length, dim)
+            return self.model(sample, timestep, ehs, return_dict=False)[0].float()
+
+    inputs = [dif.TensorSpec("sample", "float32", ("batch", c_in, "frames", "latent_height", "latent_width")),
+              dif.TensorSpec("timestep", "float32", ("batch",)),
+              dif.TensorSpec("encoder_hidden_states", "float32", ("batch", text_length, d))]
+    outputs = [dif.TensorSpec("noise_pred", "float32", ("batch", c_out, "frames", "latent_height", "latent_width"))]
+
+    def make(dims, gen):
+        b, f, h, w = dims["batch"], dims["frames"], dims["latent_height"], dims["latent_width"]
+        t = torch.rand(b, generator=gen, dtype=torch.float32) * 999.0
+        return (torch.randn(b, c_in, f, h, w, generator=gen), t, torch.randn(b, text_length, d, generator=gen))
+
+    info = {"in_channels": c_in, "latent_multiple": 2 ** (len(cfg.block_out_channels) - 1),
+            "sample_size": cfg.sample_size, "cross_attention_dim": d, "motion_max_seq_length": max_frames}
+    return dif.ComponentSpec("unet", MotionUNet(model), inputs, outputs, make, info=info)
+
+
+def _exporter_base():
+    from .api import _Exporter
+
+    return _Exporter
+
+
+def _make_video_exporter():
+    base = _exporter_base()
+
+    class VideoExporter(base):
+        """api._Exporter for AnimateDiff: motion UNet with a frames axis, image VAE decoder only."""
+
+        def run(self) -> None:
+            plan, m = self.plan, self.manifest
+            den_cfg = dif.read_json(os.path.join(plan.path("unet"), "config.json"))
+            vae_cfg = dif.read_json(os.path.join(plan.path("vae"), "config.json"))
+            f = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+            export_hw, parity_hw = self._latent_dims(den_cfg)
+            max_frames = int(den_cfg.get("motion_max_seq_length") or 32)
+            # traced with 4 frames (batch 2), checked with another count (batch 1), both within the motion length
+            export_f = min(4, max_frames)
+            parity_f = min(6, max_frames) if max_frames != export_f else max(1, max_frames - 1)
+            self.export_dims = {**self._dims(2, export_hw, f), "frames": export_f}
+            self.parity_dims = {**self._dims(1, parity_hw, f), "frames": parity_f}
+
+            self._tokenizers()
+            sched = dif.scheduler_config(plan)
+            os.makedirs(os.path.join(self.work, "scheduler"))
+            shutil.copyfile(os.path.join(plan.path("scheduler"), "scheduler_config.json"),
+                            os.path.join(self.work, "scheduler", "scheduler_config.json"))
+            m["scheduler"] = {"path": "scheduler/scheduler_config.json", "class": sched.get("_class_name")}
+            length = m["tokenizers"]["tokenizer"]["max_length"]
+            self._component(lambda: dif.build_text_encoder(plan, "text_encoder", length))
+            self._component(lambda: build_motion_unet(plan, text_length=length))
+            dec, _enc = dif.build_vae(plan)
+            del _enc
+            self._component(lambda: dec)
+            cfg = dif.pipeline_config(plan, self.info, m["tokenizers"], sched)
+            cfg["motion_max_seq_length"] = self.info["unet"]["motion_max_seq_length"]
+            cfg["default_num_frames"] = min(16, cfg["motion_max_seq_length"])
+            cfg["frames_layout"] = "BCFHW"
+            m["config"] = cfg
+            from . import manifest as mf
+
+            mf.write_manifest(self.work, m)
+
+    return VideoExporter
+
+
+def VideoExporter(*args, **kwargs):  # noqa: N802  (a factory: the base class lives in api, imported lazily)
+    return _make_video_exporter()(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ tiny pipeline
+
+
+def build_tiny_animatediff(out_dir: str | os.PathLike, *, seed: int = 0, motion_max_seq_length: int = 8,
+                           vae_scale_factor: int = 8, **overrides: dict[str, Any]) -> str:
+    """Save a tiny random-weight ``AnimateDiffPipeline`` (UNet2D + MotionAdapter) to ``out_dir``.
+
+    ``overrides``: ``unet=``, ``motion_adapter=``, ``vae=``, ``text_encoder=``, ``scheduler=`` config patches.
+    """
+    import torch
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    from .testing import _CLIP_HIDDEN, _clip_pair, _scheduler, _unet, _vae
+
+    if not isinstance(motion_max_seq_length, int) or motion_max_seq_length < 1:
+        raise InvalidArgumentError(f"motion_max_seq_length must be an int >= 1, got {motion_max_seq_length!r}")
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    scratch = os.path.join(out_dir, ".tiny-build")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        tok, te = _clip_pair(scratch, "", overrides, projection=False)
+        unet = _unet(4, _CLIP_HIDDEN, overrides)
+        acfg = dict(block_out_channels=tuple(unet.config.block_out_channels), motion_layers_per_block=1,
+                    motion_num_attention_heads=2, motion_norm_num_groups=16,
+                    motion_max_seq_length=motion_max_seq_length, use_motion_mid_block=True)
+        acfg.update(overrides.get("motion_adapter", {}))
+        adapter = MotionAdapter(**acfg).eval()
+        # the motion modules' output projections are zero-initialised: give them weights so the
+        # temporal layers matter in parity tests
+        with torch.no_grad():
+            for name, p in adapter.named_parameters():
+                if "proj_out" in name and float(p.abs().max()) == 0.0:
+                    p.normal_(0.0, 0.05)
+        sched = _scheduler("DDIMScheduler", overrides, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                           num_train_timesteps=1000, steps_offset=1, clip_sample=False, set_alpha_to_one=False,
+                           timestep_spacing="linspace", prediction_type="epsilon")
+        vae = _vae(vae_scale_factor, 4, overrides, scaling_factor=0.18215)
+        pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=adapter,
+                                   scheduler=sched)
+        pipe.save_pretrained(out_dir, safe_serialization=True)
+    finally:
+        torch.random.set_rng_state(state)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out_dir
