@@ -252,3 +252,19 @@ def test_scheduler_config_from_file_and_alias(tmp_path):
         schedulers.from_config(str(tmp_path / "bad.json"))
     with pytest.raises(fastgen.ConfigError, match="not found"):
         schedulers.from_config(str(tmp_path / "missing.json"))
+
+
+def test_randn_is_box_muller_of_the_philox_stream():
+    """Element 4b..4b+3 are the Box-Muller pairs of Philox block b (reference in float64)."""
+    seed = 123456789
+    n_blocks = 300
+    x = fastgen.randn(4 * n_blocks, seed=seed).astype(np.float64)
+    ref = []
+    for b in range(n_blocks):
+        r = fastgen._core.philox4x32_10([b & 0xFFFFFFFF, b >> 32, 0, 0], [seed & 0xFFFFFFFF, seed >> 32])
+        for p in range(2):
+            u1 = ((r[2 * p] >> 8) + 1) / 16777216.0
+            u2 = (r[2 * p + 1] >> 8) / 16777216.0
+            rad = np.sqrt(-2 * np.log(u1))
+            ref += [rad * np.cos(2 * np.pi * u2), rad * np.sin(2 * np.pi * u2)]
+    np.testing.assert_allclose(x, np.array(ref), rtol=2e-6, atol=2e-6)

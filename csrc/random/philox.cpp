@@ -1,6 +1,8 @@
 #include "random/philox.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace fastgen {
 
@@ -16,15 +18,69 @@ inline void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   lo = static_cast<uint32_t>(p);
 }
 
-// 24 random bits -> float in (0, 1], never 0 so log() is finite.
-inline float to_unit_open0(uint32_t x) { return (static_cast<float>(x >> 8) + 1.0f) * (1.0f / 16777216.0f); }
-// 24 random bits -> float in [0, 1).
-inline float to_unit(uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
-
 inline std::array<uint32_t, 4> block(uint64_t seed, uint64_t index) {
   return philox4x32_10({static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), 0u, 0u},
                        {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
 }
+
+inline float bits_to_float(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+}
+
+// Natural log of x in (0, 1] with plain IEEE float operations (fdlibm's logf kernel), so the
+// result is the same on every platform and the loop over many values vectorises.
+inline float log_unit(float x) {
+  uint32_t ix = float_to_bits(x);
+  int k = static_cast<int>(ix >> 23) - 127;
+  ix &= 0x007FFFFFu;
+  // normalise the mantissa into [sqrt(2)/2, sqrt(2))
+  const uint32_t i = (ix + (0x95F64u << 3)) & 0x00800000u;
+  const float m = bits_to_float(ix | (i ^ 0x3F800000u));
+  k += static_cast<int>(i >> 23);
+  const float f = m - 1.0f;
+  const float s = f / (2.0f + f);
+  const float z = s * s;
+  const float w = z * z;
+  const float t1 = w * (0.40000972152f + w * 0.24279078841f);
+  const float t2 = z * (0.66666662693f + w * 0.28498786688f);
+  const float R = t2 + t1;
+  const float hfsq = 0.5f * f * f;
+  const float dk = static_cast<float>(k);
+  return dk * 6.9313812256e-01f - ((hfsq - (s * (hfsq + R) + dk * 9.0580006145e-06f)) - f);
+}
+
+// sin and cos of 2*pi*u for u in [0, 1): quadrant reduction in turns (exact), then Taylor
+// polynomials on [-pi/4, pi/4] (error < 2e-9 before rounding).
+inline void sincos_turns(float u, float& s_out, float& c_out) {
+  const float q = static_cast<float>(static_cast<int>(u * 4.0f + 0.5f));  // nearest quarter turn, 0..4
+  const float a = (u - q * 0.25f) * 6.28318530717958647692f;           // |a| <= pi/4
+  const float a2 = a * a;
+  const float s = a * (1.0f + a2 * (-1.6666667163e-01f + a2 * (8.3333337680e-03f + a2 * (-1.9841270114e-04f +
+                                                                                              a2 * 2.7557314297e-06f))));
+  const float c = 1.0f + a2 * (-0.5f + a2 * (4.1666667908e-02f + a2 * (-1.3888889225e-03f + a2 * (2.4801587642e-05f +
+                                                                                                   a2 * -2.7557314297e-07f))));
+  const int qi = static_cast<int>(q) & 3;
+  // rotate by qi quarter turns: (sin, cos) -> 0: (s, c), 1: (c, -s), 2: (-s, -c), 3: (-c, s)
+  const bool swap = qi & 1;
+  const float ss = swap ? c : s;
+  const float cc = swap ? s : c;
+  s_out = (qi == 2 || qi == 3) ? -ss : ss;
+  c_out = (qi == 1 || qi == 2) ? -cc : cc;
+}
+
+// 24 random bits -> float in (0, 1], never 0 so log() is finite.
+inline float to_unit_open0(uint32_t x) { return static_cast<float>((x >> 8) + 1u) * (1.0f / 16777216.0f); }
+// 24 random bits -> float in [0, 1).
+inline float to_unit(uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
+
+constexpr size_t kChunkBlocks = 256;  // 1024 values per chunk: fits in L1
 }  // namespace
 
 std::array<uint32_t, 4> philox4x32_10(std::array<uint32_t, 4> c, std::array<uint32_t, 2> k) {
@@ -40,19 +96,30 @@ std::array<uint32_t, 4> philox4x32_10(std::array<uint32_t, 4> c, std::array<uint
 }
 
 uint64_t fill_normal(float* out, size_t n, uint64_t seed, uint64_t block_offset) {
-  constexpr double kTwoPi = 6.283185307179586476925286766559;
-  size_t i = 0;
+  // Block b yields values 4b..4b+3: two Box-Muller pairs (u1, u2) = (r0, r1) and (r2, r3).
+  uint32_t bits[4 * kChunkBlocks];
+  float buf[4 * kChunkBlocks];
   uint64_t b = block_offset;
-  for (; i < n; ++b) {
-    const auto r = block(seed, b);
-    // Box-Muller in double for accuracy, two normals per pair of uniforms.
-    for (int pair = 0; pair < 2 && i < n; ++pair) {
-      const double u1 = to_unit_open0(r[2 * pair]);
-      const double u2 = to_unit(r[2 * pair + 1]);
-      const double rad = std::sqrt(-2.0 * std::log(u1));
-      out[i++] = static_cast<float>(rad * std::cos(kTwoPi * u2));
-      if (i < n) out[i++] = static_cast<float>(rad * std::sin(kTwoPi * u2));
+  size_t i = 0;
+  while (i < n) {
+    const size_t blocks = std::min<size_t>(kChunkBlocks, (n - i + 3) / 4);
+    for (size_t j = 0; j < blocks; ++j) {
+      const auto r = block(seed, b + j);
+      std::memcpy(bits + 4 * j, r.data(), sizeof r);
     }
+    for (size_t p = 0; p < 2 * blocks; ++p) {  // independent pairs: this loop vectorises
+      const float u1 = to_unit_open0(bits[2 * p]);
+      const float u2 = to_unit(bits[2 * p + 1]);
+      const float rad = std::sqrt(-2.0f * log_unit(u1));
+      float s, c;
+      sincos_turns(u2, s, c);
+      buf[2 * p] = rad * c;
+      buf[2 * p + 1] = rad * s;
+    }
+    const size_t take = std::min(n - i, 4 * blocks);
+    std::memcpy(out + i, buf, take * sizeof(float));
+    i += take;
+    b += blocks;
   }
   return b;
 }
