@@ -21,5 +21,6 @@ void bind_random(py::module_& m);
 void bind_schedulers(py::module_& m);
 void bind_sampling(py::module_& m);
 void bind_text(py::module_& m);
+void bind_video(py::module_& m);
 
 }  // namespace fastgen::py_bind

@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 from . import schedulers  # noqa: E402
 from .sampling import randn, sample_loop  # noqa: E402
 from .pipelines import Pipeline, PipelineOutput  # noqa: E402
+from .video_io import export_video  # noqa: E402,F401  (video, issue 9)
 
 
 def demo(**kwargs) -> "Pipeline":

@@ -1,0 +1,112 @@
+// Video: the context-window denoising loop and the decoded-frame ring buffer.
+#include <cstring>
+
+#include <pybind11/stl.h>
+
+#include "bindings/bindings.h"
+#include "common.h"
+#include "video/frames.h"
+
+namespace fastgen::py_bind {
+
+void bind_video(py::module_& m) {
+  m.def("context_windows", &context_windows, py::arg("num_frames"), py::arg("context_length"),
+        py::arg("context_stride"), "Start frames of the overlapping context windows.");
+  m.def(
+      "window_weights",
+      [](int length, const std::string& kind) { return window_weights(length, parse_window_weighting(kind)); },
+      py::arg("length"), py::arg("weighting") = "pyramid");
+  m.def(
+      "video_sample_loop",
+      [](Scheduler& s, const py::handle& latents_obj, const py::function& denoise, int context_length,
+         int context_stride, const std::string& weighting, double guidance_scale, double guidance_rescale,
+         double eta, const py::object& callback) {
+        auto in = require_f32(latents_obj, "latents");
+        if (in.ndim() != 5 || in.shape(0) < 1 || in.size() == 0)
+          throw ShapeError("latents must have shape (batch, channels, frames, height, width), got " +
+                           shape_str(shape_of(in)));
+        VideoLoopShape sh;
+        sh.batch = static_cast<size_t>(in.shape(0));
+        sh.channels = static_cast<size_t>(in.shape(1));
+        sh.frames = static_cast<size_t>(in.shape(2));
+        sh.hw = static_cast<size_t>(in.shape(3) * in.shape(4));
+        sh.context_length = context_length;
+        sh.context_stride = context_stride;
+        sh.weighting = parse_window_weighting(weighting);
+        context_windows(static_cast<int>(sh.frames), context_length, context_stride);  // validate early
+        LoopOptions opt;
+        opt.guidance_scale = guidance_scale;
+        opt.guidance_rescale = guidance_rescale;
+        opt.eta = eta;
+        if (!(guidance_scale >= 0)) throw ArgumentError("guidance_scale must be >= 0");
+        const size_t rows = uses_cfg(opt) ? 2 * sh.batch : sh.batch;
+        const size_t L = std::min<size_t>(sh.frames, static_cast<size_t>(context_length));
+        py::array_t<float> latents(shape_of(in));
+        std::memcpy(latents.mutable_data(), in.data(), in.size() * sizeof(float));
+        std::vector<ssize_t> x_shape{static_cast<ssize_t>(rows), in.shape(1), static_cast<ssize_t>(L), in.shape(3),
+                                     in.shape(4)};
+        py::array_t<float> x(x_shape);
+        const ssize_t expect = static_cast<ssize_t>(rows * sh.channels * L * sh.hw);
+        py::object last_pred;
+        WindowDenoiseFn fn = [&](float*, size_t, int start, double t) -> const float* {
+          py::gil_scoped_acquire gil;
+          py::object r = denoise(x, py::float_(t), py::int_(start));
+          auto arr = require_f32(r, "denoise() result");
+          if (arr.size() != expect)
+            throw ShapeError("denoise() must return float32 values shaped like its input " + shape_str(x_shape) +
+                             ", got shape " + shape_str(shape_of(arr)));
+          last_pred = arr;
+          return arr.data();
+        };
+        StepCallback cb;
+        if (!callback.is_none()) {
+          cb = [&](int step, double t, float*) -> bool {
+            py::gil_scoped_acquire gil;
+            py::object r = callback(step, py::float_(t), latents);
+            return r.is_none() || py::cast<bool>(r);
+          };
+        }
+        float* lat_ptr = latents.mutable_data();
+        float* x_ptr = x.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          video_sample_loop(s, lat_ptr, sh, x_ptr, fn, cb, opt);
+        }
+        last_pred = py::object();
+        return latents;
+      },
+      py::arg("scheduler"), py::arg("latents"), py::arg("denoise"), py::arg("context_length"),
+      py::arg("context_stride"), py::arg("weighting") = "pyramid", py::arg("guidance_scale") = 7.5,
+      py::arg("guidance_rescale") = 0.0, py::arg("eta") = 0.0, py::arg("callback") = py::none(),
+      "Denoise latents (B, C, F, h, w) over overlapping context windows; denoise(x, t, window_start).");
+
+  py::class_<FrameRing>(m, "FrameRing")
+      .def(py::init<size_t, size_t, size_t, size_t>(), py::arg("capacity"), py::arg("channels"), py::arg("height"),
+           py::arg("width"))
+      .def_property_readonly("capacity", &FrameRing::capacity)
+      .def("__len__", &FrameRing::size)
+      .def(
+          "push",
+          [](FrameRing& r, const py::handle& obj) {
+            auto a = require_f32(obj, "frames");
+            if (a.ndim() != 4 || static_cast<size_t>(a.shape(1) * a.shape(2) * a.shape(3)) != r.frame_floats())
+              throw ShapeError("frames must have shape (n, channels, height, width) of this ring, got " +
+                               shape_str(shape_of(a)));
+            const float* p = a.data();
+            const size_t n = static_cast<size_t>(a.shape(0));
+            py::gil_scoped_release nogil;
+            r.push(p, n);
+          },
+          py::arg("frames"), "Store decoded frames (n, C, H, W) in about [-1, 1] as HWC [0, 1].")
+      .def(
+          "pop",
+          [](FrameRing& r, py::ssize_t height, py::ssize_t width) {
+            const py::ssize_t c = static_cast<py::ssize_t>(r.frame_floats()) / (height * width);
+            py::array_t<float> out({height, width, c});
+            r.pop(out.mutable_data());
+            return out;
+          },
+          py::arg("height"), py::arg("width"), "The oldest frame as (H, W, C) float32.");
+}
+
+}  // namespace fastgen::py_bind

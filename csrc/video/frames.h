@@ -1,0 +1,64 @@
+// Video frame buffers: sliding context windows over the frame axis (denoise long videos with a
+// motion module that only sees `context_length` frames at a time) and a ring of decoded frames.
+//
+// Latent layout is diffusers' AnimateDiff one: [batch, channels, frames, height * width].
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <vector>
+
+#include "sampling/loop.h"
+#include "schedulers/scheduler.h"
+
+namespace fastgen {
+
+enum class WindowWeighting { Flat, Pyramid };
+
+WindowWeighting parse_window_weighting(const std::string& name);
+
+// Start frames of the context windows: every `stride` frames from 0, plus a last window ending
+// on the last frame, each `min(context_length, num_frames)` frames long. Validates its arguments
+// (num_frames >= 1, 1 <= stride <= context_length).
+std::vector<int> context_windows(int num_frames, int context_length, int stride);
+
+// Per-frame blending weights of one window: flat (all 1) or pyramid (1, 2, ..., 2, 1).
+std::vector<float> window_weights(int length, WindowWeighting kind);
+
+// denoise(x, rows, window_start, t): x holds (cfg ? 2 : 1) * batch rows of [channels, window, hw]
+// floats (unconditional half first); returns the prediction for the same rows.
+using WindowDenoiseFn = std::function<const float*(float* x, size_t rows, int window_start, double t)>;
+
+struct VideoLoopShape {
+  size_t batch = 1, channels = 4, frames = 1, hw = 1;
+  int context_length = 16, context_stride = 4;
+  WindowWeighting weighting = WindowWeighting::Pyramid;
+};
+
+// The denoising loop over context windows: per step, every window's (guided) prediction is
+// blended into one preallocated accumulator with its per-frame weights, normalised by the summed
+// weights, and the scheduler steps the whole video. With one window (frames <= context_length)
+// this is exactly the plain loop. `x_in` holds (cfg ? 2 : 1) * batch * channels * window * hw floats.
+int video_sample_loop(Scheduler& s, float* latents, const VideoLoopShape& shape, float* x_in,
+                      const WindowDenoiseFn& denoise, const StepCallback& callback, const LoopOptions& opt);
+
+// A fixed-capacity ring of decoded frames: push VAE output chunks [n, C, H, W] in about [-1, 1],
+// pop frames [H, W, C] in [0, 1] (diffusers' postprocess: clamp(x / 2 + 0.5, 0, 1)).
+class FrameRing {
+ public:
+  FrameRing(size_t capacity, size_t channels, size_t height, size_t width);
+  size_t capacity() const { return capacity_; }
+  size_t size() const { return size_; }
+  size_t frame_floats() const { return c_ * h_ * w_; }
+  // Convert and store n frames; ArgumentError when fewer than n slots are free.
+  void push(const float* chw, size_t n);
+  // Copy the oldest frame (HWC) into out and drop it; ArgumentError when empty.
+  void pop(float* out);
+
+ private:
+  size_t capacity_, c_, h_, w_;
+  size_t head_ = 0, size_ = 0;
+  std::vector<float> buf_;
+};
+
+}  // namespace fastgen

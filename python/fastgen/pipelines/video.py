@@ -1,0 +1,260 @@
+"""Text-to-video (AnimateDiff engines, manifest kind ``text2video``).
+
+The flow follows diffusers' ``AnimateDiffPipeline``: SD prompt encoding, latents (batch, C, frames,
+h, w) times ``init_noise_sigma``, CFG with the unconditional half first, frames decoded by the image
+VAE in chunks of ``decode_chunk_size``. The denoising loop runs in the C++ core
+(``_core.video_sample_loop``); when ``num_frames`` exceeds ``context_length`` it denoises
+overlapping windows of ``context_length`` frames every ``context_stride`` frames and blends their
+predictions with per-frame (pyramid or flat) weights, so the UNet only ever sees one window. With
+``num_frames <= context_length`` there is one window and the result equals diffusers'.
+
+Decoded frames pass through the core's ``FrameRing`` (capacity ``decode_chunk_size``):
+``iter_frames`` yields them one by one, so ``fastgen.export_video(vid.iter_frames(...), "x.mp4")``
+never holds the decoded video in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from .. import image as imgproc
+from ..errors import InvalidArgumentError, ManifestError, ShapeError
+from ..sampling import randn
+from .diffusion import StableDiffusionPipeline, _check_float, _check_int, _prompt_list
+
+__all__ = ["TextToVideoPipeline", "VideoOutput", "pipeline_for_video", "VIDEO_OUTPUT_TYPES"]
+
+VIDEO_OUTPUT_TYPES = ("np", "pil", "latent")
+MAX_FRAMES = 100_000
+MAX_VIDEOS_PER_CALL = 16
+WEIGHTINGS = ("pyramid", "flat")
+
+
+@dataclass
+class VideoOutput:
+    """``frames``: (batch, frames, H, W, 3) float32 in [0, 1] ("np"), a list of lists of PIL images
+    ("pil"), or the latents (batch, C, frames, h, w) ("latent")."""
+
+    frames: Any
+    seed: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    prompts: list[str]
+    negatives: list[str] | None
+    steps: int
+    guidance: float
+    rescale: float
+    eta: float
+    n: int
+    height: int
+    width: int
+    frames: int
+    context_length: int
+    stride: int
+    weighting: str
+    chunk: int
+    seed: int
+    latents: np.ndarray | None
+
+
+class TextToVideoPipeline(StableDiffusionPipeline):
+    """AnimateDiff text-to-video. ``vid(prompt, num_frames=16, ...)`` -> VideoOutput."""
+
+    kind = "text2video"
+    default_steps = 25
+    default_guidance = 7.5
+
+    def __init__(self, manifest, **kw):
+        super().__init__(manifest, **kw)
+        c = manifest.config
+        try:
+            self.motion_max_seq_length = int(c["motion_max_seq_length"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"text2video fastgen.json config lacks a valid {e} entry") from e
+        if self.motion_max_seq_length < 1:
+            raise ManifestError("config.motion_max_seq_length must be >= 1")
+
+    # ------------------------------------------------------------------ arguments
+    def _plan(self, prompt, num_frames, steps, guidance_scale, height, width, seed, latents, context_length,
+              context_stride, decode_chunk_size, negative_prompt, n, guidance_rescale, eta, weighting) -> _Plan:
+        prompts = _prompt_list("prompt", prompt)
+        negatives = None if negative_prompt is None else _prompt_list("negative_prompt", negative_prompt, len(prompts))
+        frames = _check_int("num_frames", num_frames, 1, MAX_FRAMES)
+        steps = self.default_steps if steps is None else _check_int("num_inference_steps", steps, 1, 1000)
+        g = self.default_guidance if guidance_scale is None else _check_float("guidance_scale", guidance_scale, 0.0)
+        rescale = _check_float("guidance_rescale", guidance_rescale, 0.0, 1.0)
+        eta = _check_float("eta", eta, 0.0)
+        n = _check_int("num_videos_per_prompt", n, 1, MAX_VIDEOS_PER_CALL)
+        if len(prompts) * n > MAX_VIDEOS_PER_CALL:
+            raise InvalidArgumentError(f"{len(prompts) * n} videos in one call exceeds the limit of {MAX_VIDEOS_PER_CALL}")
+        m = self.motion_max_seq_length
+        if context_length is None:
+            ctx = min(frames, m)
+        else:
+            ctx = _check_int("context_length", context_length, 1, 1 << 30)
+            if ctx > m:
+                raise InvalidArgumentError(f"context_length {ctx} exceeds the motion module's length {m}")
+        stride = _check_int("context_stride", context_stride, 1, 1 << 30) if context_stride is not None else 4
+        if frames > ctx and stride > ctx:
+            raise InvalidArgumentError(f"context_stride must be in [1, context_length={ctx}], got {stride}")
+        if frames <= ctx:
+            stride = min(stride, ctx)  # one window: the stride does not matter
+        if stride > ctx:
+            raise InvalidArgumentError(f"context_stride must be in [1, context_length={ctx}], got {stride}")
+        chunk = _check_int("decode_chunk_size", decode_chunk_size, 1, 1 << 16)
+        if weighting not in WEIGHTINGS:
+            raise InvalidArgumentError(f"context_weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+            raise InvalidArgumentError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        h, w = self._size(height, width, None)
+        shape = (len(prompts) * n, self.latent_channels, frames, h // self.vae_scale_factor, w // self.vae_scale_factor)
+        if latents is not None:
+            if not isinstance(latents, np.ndarray):
+                raise ShapeError(f"latents must be a numpy array of shape {shape}, got {type(latents).__name__}")
+            if tuple(latents.shape) != shape:
+                raise ShapeError(f"latents must have shape {shape} (batch, channels, frames, height/"
+                                 f"{self.vae_scale_factor}, width/{self.vae_scale_factor}), got {latents.shape}")
+            if not np.issubdtype(latents.dtype, np.floating) or not np.isfinite(latents).all():
+                raise ShapeError("latents must be finite floating-point values")
+            latents = np.ascontiguousarray(latents, dtype=np.float32)
+        return _Plan(prompts, negatives, steps, g, rescale, eta, n, h, w, frames, ctx, stride, weighting, chunk,
+                     int(seed), latents)
+
+    # ------------------------------------------------------------------ denoising
+    def _denoise(self, p: _Plan, scheduler, callback, window_callback, timings) -> np.ndarray:
+        if callback is not None and not callable(callback):
+            raise InvalidArgumentError("callback must be callable: callback(step, timestep, latents)")
+        if window_callback is not None and not callable(window_callback):
+            raise InvalidArgumentError("window_callback must be callable: window_callback(window_start, timestep)")
+        batch = len(p.prompts) * p.n
+        sched = self.make_scheduler(scheduler)
+        sched.manual_seed(p.seed ^ 0x5EED)
+        cfg = self.uses_cfg(p.guidance)
+        t0 = time.perf_counter()
+        cond = self.encode_prompt(p.prompts, p.negatives, p.n, cfg, {})
+        ehs = cond.arrays["encoder_hidden_states"]
+        timings["text_encode"] = time.perf_counter() - t0
+        sched.set_timesteps(p.steps)
+        shape = (batch, self.latent_channels, p.frames, p.height // self.vae_scale_factor,
+                 p.width // self.vae_scale_factor)
+        noise = p.latents if p.latents is not None else randn(shape, p.seed)
+        x = (noise * np.float32(sched.init_noise_sigma)).astype(np.float32)
+        net = self.session("unet")
+        unet_time = [0.0]
+
+        def denoise(xin: np.ndarray, t: float, start: int) -> np.ndarray:
+            t1 = time.perf_counter()
+            out = net.run({"sample": xin, "timestep": np.full((xin.shape[0],), t, np.float32),
+                           "encoder_hidden_states": ehs}, ["noise_pred"])["noise_pred"]
+            unet_time[0] += time.perf_counter() - t1
+            if window_callback is not None:
+                window_callback(int(start), float(t))
+            return out if out.dtype == np.float32 else out.astype(np.float32)
+
+        t0 = time.perf_counter()
+        x = _core.video_sample_loop(sched.impl, x, denoise, p.context_length, p.stride, p.weighting,
+                                    p.guidance if cfg else 1.0, p.rescale, p.eta, callback)
+        loop = time.perf_counter() - t0
+        timings["denoise"] = unet_time[0]
+        timings["loop_overhead"] = max(loop - unet_time[0], 0.0)
+        return x
+
+    def _decode_iter(self, latents: np.ndarray, chunk: int, timings: dict) -> Iterator[np.ndarray]:
+        """Frames (H, W, 3) float32 in [0, 1], video after video, through the core's FrameRing."""
+        b, c, f = latents.shape[:3]
+        f_vae = self.vae_scale_factor
+        h, w = latents.shape[3] * f_vae, latents.shape[4] * f_vae
+        ring = _core.FrameRing(chunk, 3, h, w)
+        dec = self.session("vae_decoder")
+        inv = np.float32(self.scaling_factor)
+        shift = np.float32(self.shift_factor)
+        timings.setdefault("vae_decode", 0.0)
+        for bi in range(b):
+            for f0 in range(0, f, chunk):
+                t0 = time.perf_counter()
+                z = latents[bi, :, f0:f0 + chunk].transpose(1, 0, 2, 3)
+                z = np.ascontiguousarray(z / inv + shift, dtype=np.float32)
+                out = dec.run({"latent": z}, ["sample"])["sample"]
+                if out.shape[1] != 3 or out.shape[2:] != (h, w):
+                    raise ManifestError(f"vae_decoder returned shape {out.shape}, expected (n, 3, {h}, {w})")
+                ring.push(np.ascontiguousarray(out, dtype=np.float32))
+                timings["vae_decode"] += time.perf_counter() - t0
+                del out, z
+                while len(ring):
+                    yield ring.pop(h, w)
+
+    # ------------------------------------------------------------------ public API
+    def __call__(self, prompt, num_frames=16, num_inference_steps=None, guidance_scale=None, height=None, width=None,
+                 seed=0, latents=None, output_type="np", context_length=None, context_stride=4, decode_chunk_size=8,
+                 negative_prompt=None, callback=None, *, num_videos_per_prompt=1, scheduler=None, guidance_rescale=0.0,
+                 eta=0.0, context_weighting="pyramid", window_callback=None) -> VideoOutput:
+        """Generate ``num_frames`` frames per prompt; see the module docstring for the long-video options.
+
+        ``callback(step, t, latents)`` runs after each denoising step (False stops early);
+        ``window_callback(window_start, t)`` after each context window's UNet call.
+        """
+        if output_type not in VIDEO_OUTPUT_TYPES:
+            raise InvalidArgumentError(f"output_type must be one of {VIDEO_OUTPUT_TYPES}, got {output_type!r}")
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        p = self._plan(prompt, num_frames, num_inference_steps, guidance_scale, height, width, seed, latents,
+                       context_length, context_stride, decode_chunk_size, negative_prompt, num_videos_per_prompt,
+                       guidance_rescale, eta, context_weighting)
+        x = self._denoise(p, scheduler, callback, window_callback, timings)
+        if output_type == "latent":
+            frames: Any = x
+        else:
+            arr = np.empty((x.shape[0], p.frames, p.height, p.width, 3), np.float32)
+            for i, fr in enumerate(self._decode_iter(x, p.chunk, timings)):
+                arr[i // p.frames, i % p.frames] = fr
+            frames = arr if output_type == "np" else [imgproc.to_pil(v) for v in arr]
+        timings["total"] = time.perf_counter() - t_start
+        return VideoOutput(frames=frames, seed=p.seed, timings=timings)
+
+    def iter_frames(self, prompt, num_frames=16, num_inference_steps=None, guidance_scale=None, height=None,
+                    width=None, seed=0, latents=None, context_length=None, context_stride=4, decode_chunk_size=8,
+                    negative_prompt=None, callback=None, *, scheduler=None, guidance_rescale=0.0, eta=0.0,
+                    context_weighting="pyramid", window_callback=None) -> Iterator[np.ndarray]:
+        """Denoise (on the first ``next()``), then yield the decoded frames (H, W, 3) float32 one at a
+        time; at most ``decode_chunk_size`` decoded frames are held. One prompt (one video)."""
+        if not isinstance(prompt, str):
+            raise InvalidArgumentError("iter_frames takes one prompt string")
+        p = self._plan(prompt, num_frames, num_inference_steps, guidance_scale, height, width, seed, latents,
+                       context_length, context_stride, decode_chunk_size, negative_prompt, 1, guidance_rescale,
+                       eta, context_weighting)
+
+        def gen():
+            timings: dict[str, float] = {}
+            x = self._denoise(p, scheduler, callback, window_callback, timings)
+            yield from self._decode_iter(x, p.chunk, timings)
+
+        return gen()
+
+    def num_windows(self, num_frames: int, context_length: int | None = None, context_stride: int = 4) -> int:
+        """How many UNet windows one step runs (for progress bars)."""
+        frames = _check_int("num_frames", num_frames, 1, MAX_FRAMES)
+        ctx = min(frames, self.motion_max_seq_length) if context_length is None else int(context_length)
+        if frames <= ctx:
+            return 1
+        return len(_core.context_windows(frames, ctx, int(context_stride)))
+
+
+def pipeline_for_video(manifest) -> type:
+    if manifest.kind == "text2video":
+        if manifest.family not in (None, "sd"):
+            raise ManifestError(f"unsupported text2video family {manifest.family!r}")
+        return TextToVideoPipeline
+    raise ManifestError(f"engine kind {manifest.kind!r} is not supported by this build (only text2video)")
+
