@@ -1,0 +1,650 @@
+"""The serving core, independent of any web framework: engines, request parsing, batched execution, jobs.
+
+``Service`` is used by the Starlette app (``fastgen.serve.app``) and by the Ray Serve deployment
+(``fastgen.serve.ray``), so both answer the same API with the same validation and errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import image as imgproc
+from ..errors import CancelledError, ConfigError, FastgenError, InvalidArgumentError
+from ..sampling import randn
+from .batching import Batcher, QueueFullError, ShuttingDownError, Work
+from .metrics import Metrics
+
+MAX_PROMPT_CHARS = 10_000
+OPENAI_IGNORED = {"quality", "style", "user", "background", "moderation", "output_compression", "partial_images"}
+_SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, OpenAI-style error type, message, extra headers."""
+
+    def __init__(self, status: int, type_: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.type, self.message, self.headers = status, type_, message, headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type}}
+
+
+def bad(message: str, status: int = 400, type_: str = "invalid_request_error") -> ApiError:
+    return ApiError(status, type_, message)
+
+
+def error_for(exc: BaseException) -> ApiError:
+    """The answer for an exception raised while serving a request."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, QueueFullError):
+        return ApiError(429, "rate_limit_error", str(exc), {"Retry-After": "1"})
+    if isinstance(exc, ShuttingDownError):
+        return ApiError(503, "unavailable_error", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, InvalidArgumentError):
+        return ApiError(400, "invalid_request_error", str(exc))
+    if isinstance(exc, CancelledError):
+        return ApiError(499, "cancelled_error", str(exc) or "request cancelled")
+    if isinstance(exc, FastgenError):
+        return ApiError(500, "server_error", f"{type(exc).__name__}: {exc}")
+    return ApiError(500, "server_error", f"internal error ({type(exc).__name__}): {exc}")
+
+
+# ---------------------------------------------------------------------------------- field checks
+
+def _get(body: dict, *names: str, default: Any = None) -> Any:
+    found = [n for n in names if n in body and body[n] is not None]
+    if len(found) > 1:
+        raise bad(f"give only one of {', '.join(found)}")
+    return body[found[0]] if found else default
+
+
+def _int(name: str, v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            raise bad(f"'{name}' must be an integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise bad(f"'{name}' must be in [{lo}, {hi}], got {v}")
+    return v
+
+
+def _num(name: str, v: Any, lo: float, hi: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise bad(f"'{name}' must be a number, got {type(v).__name__}")
+    f = float(v)
+    if not (math.isfinite(f) and lo <= f <= hi):
+        raise bad(f"'{name}' must be a number in [{lo}, {hi}], got {v!r}")
+    return f
+
+
+def _str(name: str, v: Any, *, required: bool = False, max_len: int = MAX_PROMPT_CHARS) -> str | None:
+    if v is None:
+        if required:
+            raise bad(f"'{name}' is required")
+        return None
+    if not isinstance(v, str):
+        raise bad(f"'{name}' must be a string, got {type(v).__name__}")
+    if required and not v.strip():
+        raise bad(f"'{name}' must not be empty")
+    if len(v) > max_len:
+        raise bad(f"'{name}' is longer than {max_len} characters")
+    return v
+
+
+def _bool(name: str, v: Any) -> bool:
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise bad(f"'{name}' must be true or false, got {type(v).__name__}")
+    return v
+
+
+def decode_image(name: str, v: Any):
+    """A base64 string (optionally a data: URL) -> PIL image."""
+    from PIL import Image
+
+    s = _str(name, v, required=True, max_len=64 << 20)
+    if s.startswith("data:"):
+        s = s.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad(f"'{name}' is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            return im.copy()
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds
+        raise bad(f"'{name}' is not a readable image: {type(e).__name__}") from None
+
+
+def encode_png(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------- engines
+
+@dataclass
+class Engine:
+    name: str
+    pipe: Any
+    kind: str  # "image" | "caption" | "video"
+    root: str
+
+    def describe(self) -> dict:
+        return {"id": self.name, "object": "model", "kind": self.kind, "owned_by": "fastgen"}
+
+
+def _kind_of(pipe) -> str:
+    k = getattr(pipe, "kind", "") or getattr(getattr(pipe, "manifest", None), "kind", "")
+    if k == "captioning":
+        return "caption"
+    if "video" in k:
+        return "video"
+    return "image"
+
+
+def load_engines(engines, *, backend: str = "onnxruntime", device: str = "cpu") -> dict[str, Engine]:
+    """{name: dir | Pipeline} or [dir | Pipeline, ...] -> {name: Engine}. List names are directory names."""
+    from ..pipelines import Pipeline
+
+    items: list[tuple[str | None, Any]]
+    if isinstance(engines, dict):
+        items = list(engines.items())
+    elif isinstance(engines, (str, os.PathLike)):
+        items = [(None, engines)]
+    else:
+        items = [(None, e) for e in engines]
+    if not items:
+        raise InvalidArgumentError("serve at least one engine")
+    out: dict[str, Engine] = {}
+    for name, e in items:
+        pipe = e if not isinstance(e, (str, os.PathLike)) else Pipeline.load(e, backend=backend, device=device)
+        root = getattr(pipe, "engine_dir", None) or str(e)
+        if name is None:
+            name = os.path.basename(os.path.normpath(os.fspath(e))) if isinstance(e, (str, os.PathLike)) else "engine"
+            base, i = name, 2
+            while name in out:
+                name, i = f"{base}-{i}", i + 1
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._:/-]{1,128}", name):
+            raise InvalidArgumentError(f"engine name {name!r}: use letters, digits and ._:/- only")
+        if name in out:
+            raise InvalidArgumentError(f"two engines are named {name!r}")
+        out[name] = Engine(name, pipe, _kind_of(pipe), root)
+    return out
+
+
+# ---------------------------------------------------------------------------------- jobs
+
+class Jobs:
+    """Asynchronous jobs: id -> status / progress / result; bounded (oldest finished ones dropped)."""
+
+    def __init__(self, max_jobs: int = 1000):
+        self.max_jobs = max_jobs
+        self._jobs: dict[str, dict] = {}
+        self._works: dict[str, Work] = {}
+        self._lock = threading.Lock()
+
+    def create(self, work: Work, endpoint: str) -> dict:
+        jid = "job_" + uuid.uuid4().hex
+        job = {"id": jid, "object": "job", "endpoint": endpoint, "model": work.engine, "status": "queued",
+               "created": int(time.time()), "progress": None}
+        with self._lock:
+            self._evict()
+            self._jobs[jid] = job
+            self._works[jid] = work
+        user_progress = work.progress
+
+        def progress(step, total):
+            with self._lock:
+                job["status"] = "running"
+                job["progress"] = {"step": step, "total": total}
+            if user_progress:
+                user_progress(step, total)
+
+        work.progress = progress
+        work.future.add_done_callback(lambda f: self._done(jid, f))
+        return dict(job)
+
+    def _done(self, jid: str, f) -> None:
+        with self._lock:
+            job = self._jobs.get(jid)
+            self._works.pop(jid, None)
+            if job is None:
+                return
+            job["finished"] = int(time.time())
+            exc = f.exception()
+            if exc is None:
+                job["status"], job["result"] = "succeeded", f.result()
+            elif isinstance(exc, CancelledError):
+                job["status"] = "cancelled"
+            else:
+                job["status"], job["error"] = "failed", error_for(exc).body()["error"]
+
+    def _evict(self) -> None:
+        if len(self._jobs) < self.max_jobs:
+            return
+        for jid in [j for j, v in self._jobs.items() if v["status"] in ("succeeded", "failed", "cancelled")]:
+            if len(self._jobs) < self.max_jobs:
+                break
+            del self._jobs[jid]
+        if len(self._jobs) >= self.max_jobs:
+            raise ApiError(429, "rate_limit_error", f"{self.max_jobs} jobs are pending; retry later",
+                           {"Retry-After": "5"})
+
+    def get(self, jid: str) -> dict:
+        with self._lock:
+            job = self._jobs.get(jid)
+            if job is None:
+                raise bad(f"no job {jid!r}", 404, "not_found_error")
+            return dict(job)
+
+    def work(self, jid: str) -> Work | None:
+        with self._lock:
+            if jid not in self._jobs:
+                raise bad(f"no job {jid!r}", 404, "not_found_error")
+            return self._works.get(jid)
+
+
+# ---------------------------------------------------------------------------------- the service
+
+class Service:
+    def __init__(self, engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_queue: int = 64,
+                 workers: int = 1, api_key: str | None = None, timeout_s: float = 300.0,
+                 sizes: list[str] | None = None, max_images: int = 8, max_steps: int = 150,
+                 max_body_bytes: int = 32 << 20, batching: bool = True, warmup: bool = True,
+                 backend: str = "onnxruntime", device: str = "cpu"):
+        self.engines = load_engines(engines, backend=backend, device=device)
+        self.api_key = api_key or None
+        self.timeout_s = float(timeout_s)
+        self.max_images = int(max_images)
+        self.max_steps = int(max_steps)
+        self.max_body_bytes = int(max_body_bytes)
+        self.sizes = None
+        if sizes:
+            self.sizes = {self._parse_size(s) for s in sizes}
+        self.batching = bool(batching)
+        self.metrics = Metrics(max_batch)
+        self.jobs = Jobs()
+        self.batcher = Batcher(self._run_batch, max_batch=max_batch if batching else 1,
+                               max_wait_s=max_wait_ms / 1000.0 if batching else 0.0, max_queue=max_queue,
+                               workers=workers, on_batch=self._on_batch, on_depth=self._on_depth)
+        for name in self.engines:
+            self.metrics.queue_depth.set(0, engine=name)
+        self.ready = threading.Event()
+        self.closing = False
+        self.load_error: str | None = None
+        if warmup:
+            threading.Thread(target=self._warmup, name="fastgen-serve-warmup", daemon=True).start()
+        else:
+            self.ready.set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _warmup(self) -> None:
+        try:
+            for e in self.engines.values():
+                manifest = getattr(e.pipe, "manifest", None)
+                for comp in getattr(manifest, "components", {}) or {}:
+                    e.pipe.session(comp)
+        except Exception as ex:  # noqa: BLE001 - reported by /readyz
+            self.load_error = f"{type(ex).__name__}: {ex}"
+            return
+        self.ready.set()
+
+    def close(self, drain: bool = True, timeout: float = 60.0) -> bool:
+        self.closing = True
+        return self.batcher.close(drain=drain, timeout=timeout)
+
+    def check_auth(self, headers) -> None:
+        if self.api_key is None:
+            return
+        import hmac
+
+        got = headers.get("authorization") or ""
+        got = got[7:].strip() if got.lower().startswith("bearer ") else (headers.get("x-api-key") or "")
+        if not hmac.compare_digest(got.encode(), self.api_key.encode()):
+            raise ApiError(401, "authentication_error", "missing or wrong API key (Authorization: Bearer KEY)",
+                           {"WWW-Authenticate": "Bearer"})
+
+    # ------------------------------------------------------------------ metrics hooks
+    def _on_batch(self, batch: list[Work]) -> None:
+        eng = batch[0].engine
+        self.metrics.batch_size.observe(len(batch), engine=eng)
+        self.metrics.batch_images.observe(sum(w.size for w in batch), engine=eng)
+        for w in batch:
+            self.metrics.stage.observe((w.t_start or time.perf_counter()) - w.t_submit, engine=eng, stage="queue")
+
+    def _on_depth(self, counts: dict[str, int]) -> None:
+        for name in self.engines:
+            self.metrics.queue_depth.set(counts.get(name, 0), engine=name)
+
+    # ------------------------------------------------------------------ parsing
+    def engine(self, body: dict, kind: str) -> Engine:
+        name = _get(body, "model", "engine")
+        if name is None:
+            for e in self.engines.values():
+                if e.kind == kind:
+                    return e
+            raise bad(f"no {kind} engine is being served", 404, "model_not_found")
+        if not isinstance(name, str):
+            raise bad(f"'model' must be a string, got {type(name).__name__}")
+        e = self.engines.get(name)
+        if e is None:
+            raise bad(f"unknown model {name!r}; served: {', '.join(self.engines)}", 404, "model_not_found")
+        if e.kind != kind:
+            raise bad(f"model {name!r} is a {e.kind} engine, not a {kind} engine")
+        return e
+
+    @staticmethod
+    def _parse_size(s: Any) -> tuple[int, int]:
+        if not isinstance(s, str):
+            raise bad(f"'size' must be a string 'WIDTHxHEIGHT', got {type(s).__name__}")
+        m = _SIZE_RE.match(s)
+        if not m:
+            raise bad(f"'size' must look like '512x512' (width x height), got {s!r}")
+        return int(m.group(1)), int(m.group(2))
+
+    def _check_size(self, pipe, w: int, h: int) -> None:
+        if self.sizes is not None and (w, h) not in self.sizes:
+            allowed = ", ".join(f"{a}x{b}" for a, b in sorted(self.sizes))
+            raise bad(f"size {w}x{h} is not allowed; allowed sizes: {allowed}")
+        f = max(getattr(pipe, "size_multiple", 8), getattr(pipe, "vae_scale_factor", 8))
+        lo, hi = getattr(pipe, "min_size", f), getattr(pipe, "max_size", 4096)
+        for name, v in (("width", w), ("height", h)):
+            if v % f or not lo <= v <= hi:
+                raise bad(f"size {w}x{h} is not allowed for this model: {name} must be a multiple of {f} "
+                          f"in [{lo}, {hi}]")
+        if w * h > getattr(pipe, "max_pixels", hi * hi):
+            raise bad(f"size {w}x{h} exceeds this model's pixel limit")
+
+    def parse_generate(self, body: Any, *, openai: bool = False) -> tuple[Work, dict]:
+        """A request body -> (Work, options {stream, async}). Raises ApiError (4xx)."""
+        if not isinstance(body, dict):
+            raise bad("the request body must be a JSON object")
+        if openai:
+            allowed = {"model", "prompt", "n", "size", "response_format", "stream", "async", "seed",
+                       "negative_prompt", "steps", "num_inference_steps", "guidance", "guidance_scale",
+                       "scheduler"} | OPENAI_IGNORED
+        else:
+            allowed = {"model", "engine", "prompt", "negative_prompt", "n", "num_images", "num_images_per_prompt",
+                       "size", "height", "width", "steps", "num_inference_steps", "guidance", "guidance_scale",
+                       "guidance_rescale", "eta", "seed", "scheduler", "image", "mask", "mask_image", "strength",
+                       "stream", "async", "response_format", "output_format"}
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise bad(f"unknown field(s): {', '.join(unknown)}")
+        eng = self.engine(body, "image")
+        pipe = eng.pipe
+        fmt = body.get("response_format")
+        if fmt is not None and fmt != "b64_json":
+            raise bad("'response_format' must be 'b64_json' (this server does not host URLs)")
+        of = body.get("output_format")
+        if of is not None and of != "png":
+            raise bad("'output_format' must be 'png'")
+        p: dict[str, Any] = {}
+        p["prompt"] = _str("prompt", body.get("prompt"), required=True)
+        p["negative_prompt"] = _str("negative_prompt", body.get("negative_prompt"))
+        p["n"] = _int("n", _get(body, "n", "num_images", "num_images_per_prompt", default=1), 1, self.max_images)
+        size = body.get("size")
+        if size is not None:
+            if body.get("height") is not None or body.get("width") is not None:
+                raise bad("give either 'size' or 'height'/'width'")
+            w, h = self._parse_size(size)
+        else:
+            h = body.get("height")
+            w = body.get("width")
+            h = getattr(pipe, "default_height", 512) if h is None else _int("height", h, 1, 1 << 15)
+            w = getattr(pipe, "default_width", 512) if w is None else _int("width", w, 1, 1 << 15)
+        p["height"], p["width"] = h, w
+        steps = _get(body, "steps", "num_inference_steps")
+        p["steps"] = getattr(pipe, "default_steps", 25) if steps is None else _int("steps", steps, 1, self.max_steps)
+        g = _get(body, "guidance", "guidance_scale")
+        p["guidance"] = float(getattr(pipe, "default_guidance", 7.5)) if g is None else _num("guidance", g, 0.0,
+                                                                                               100.0)
+        p["guidance_rescale"] = _num("guidance_rescale", body.get("guidance_rescale", 0.0) or 0.0, 0.0, 1.0)
+        p["eta"] = _num("eta", body.get("eta", 0.0) or 0.0, 0.0, 1.0)
+        seed = body.get("seed")
+        p["seed"] = (int.from_bytes(os.urandom(8), "little") >> 1) if seed is None else _int("seed", seed, 0,
+                                                                                              2**63 - 1)
+        sched = body.get("scheduler")
+        p["scheduler"] = _str("scheduler", sched, max_len=100)
+        p["strength"] = None if body.get("strength") is None else _num("strength", body["strength"], 0.0, 1.0)
+        image = body.get("image")
+        mask = _get(body, "mask", "mask_image")
+        if mask is not None and image is None:
+            raise bad("'mask' needs 'image' (inpainting)")
+        p["image"] = None if image is None else decode_image("image", image)
+        p["mask"] = None if mask is None else decode_image("mask", mask)
+        if p["mask"] is not None and p["image"] is None:
+            raise bad("'mask' needs 'image' (inpainting)")
+        if p["strength"] is not None and p["image"] is None:
+            raise bad("'strength' only applies with 'image'")
+        if p["image"] is not None and size is None and body.get("height") is None:
+            h, w = imgproc.default_size(p["image"], max(getattr(pipe, "size_multiple", 8),
+                                                        getattr(pipe, "vae_scale_factor", 8)))
+            p["height"], p["width"] = h, w
+        self._check_size(pipe, p["width"], p["height"])
+        opts = {"stream": _bool("stream", body.get("stream")), "async": _bool("async", body.get("async"))}
+        if opts["stream"] and opts["async"]:
+            raise bad("give only one of 'stream' and 'async'")
+        mode = "inpaint" if p["mask"] is not None else "img2img" if p["image"] is not None else "text2img"
+        p["mode"] = mode
+        # the scheduler: validated now (a bad name is a 400), its step count reported in progress events
+        try:
+            s = pipe.make_scheduler(p["scheduler"])
+            pipe.set_timesteps(s, p["steps"], p["height"], p["width"])
+            total = len(s.timesteps)
+            if mode != "text2img":
+                st = p["strength"] if p["strength"] is not None else (1.0 if mode == "inpaint" else 0.8)
+                if st <= 0:
+                    raise bad("'strength' must be > 0")
+                total -= pipe.first_step(p["steps"], st) * s.order
+            stochastic = s.is_stochastic(p["eta"])
+        except (InvalidArgumentError, ConfigError) as e:
+            raise bad(str(e)) from None
+        if total < 1:
+            raise bad("these steps and strength leave no denoising step")
+        p["total_steps"] = total
+        cfg = pipe.uses_cfg(p["guidance"]) if hasattr(pipe, "uses_cfg") else p["guidance"] > 1.0
+        key = None
+        if mode == "text2img" and not stochastic and self.batching:
+            # one network call per batch: every setting that is not per-row must be equal
+            key = ("text2img", p["height"], p["width"], p["steps"], p["scheduler"], cfg,
+                   p["guidance"] if cfg else None, p["guidance_rescale"], p["eta"], p["negative_prompt"] is None)
+        return Work(engine=eng.name, key=key, params=p, size=p["n"]), opts
+
+    def parse_caption(self, body: Any) -> tuple[Work, dict]:
+        if not isinstance(body, dict):
+            raise bad("the request body must be a JSON object")
+        allowed = {"model", "engine", "image", "images", "prompt", "max_new_tokens", "num_beams",
+                   "num_return_sequences", "length_penalty", "repetition_penalty", "no_repeat_ngram_size", "async"}
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise bad(f"unknown field(s): {', '.join(unknown)}")
+        eng = self.engine(body, "caption")
+        images = _get(body, "image", "images")
+        if images is None:
+            raise bad("'images' (a list of base64 images) is required")
+        if isinstance(images, str):
+            images = [images]
+        if not isinstance(images, list) or not images:
+            raise bad("'images' must be a non-empty list of base64 strings")
+        if len(images) > self.max_images:
+            raise bad(f"at most {self.max_images} images per request")
+        p = {"images": [decode_image(f"images[{i}]", s) for i, s in enumerate(images)],
+             "prompt": _str("prompt", body.get("prompt")),
+             "max_new_tokens": _int("max_new_tokens", body.get("max_new_tokens", 20), 1, 512),
+             "num_beams": _int("num_beams", body.get("num_beams", 1), 1, 16)}
+        p["num_return_sequences"] = _int("num_return_sequences", body.get("num_return_sequences", 1), 1,
+                                         p["num_beams"])
+        p["length_penalty"] = _num("length_penalty", body.get("length_penalty", 1.0), -100, 100)
+        p["repetition_penalty"] = _num("repetition_penalty", body.get("repetition_penalty", 1.0), 1e-6, 100)
+        p["no_repeat_ngram_size"] = _int("no_repeat_ngram_size", body.get("no_repeat_ngram_size", 0), 0, 64)
+        opts = {"stream": False, "async": _bool("async", body.get("async"))}
+        key = None
+        if p["prompt"] is None and self.batching:
+            key = ("caption", p["max_new_tokens"], p["num_beams"], p["num_return_sequences"], p["length_penalty"],
+                   p["repetition_penalty"], p["no_repeat_ngram_size"])
+        return Work(engine=eng.name, key=key, params=p, size=len(p["images"])), opts
+
+    def parse_video(self, body: Any) -> tuple[Work, dict]:
+        if not isinstance(body, dict):
+            raise bad("the request body must be a JSON object")
+        eng = self.engine(body, "video")
+        args = {k: v for k, v in body.items() if k not in ("model", "engine", "async")}
+        seed = args.pop("seed", None)
+        seed = (int.from_bytes(os.urandom(8), "little") >> 1) if seed is None else _int("seed", seed, 0, 2**63 - 1)
+        p = {"mode": "video", "prompt": _str("prompt", args.pop("prompt", None), required=True), "seed": seed,
+             "args": args}
+        for k, v in args.items():
+            if not isinstance(v, (int, float, str, bool)) or isinstance(v, float) and not math.isfinite(v):
+                raise bad(f"'{k}' must be a number, string or boolean")
+        return Work(engine=eng.name, key=None, params=p), {"stream": False, "async": True}
+
+    # ------------------------------------------------------------------ submitting
+    def submit(self, work: Work) -> None:
+        if self.closing:
+            raise error_for(ShuttingDownError("the server is shutting down"))
+        try:
+            self.batcher.submit(work)
+        except QueueFullError as e:
+            self.metrics.rejected.inc(engine=work.engine)
+            raise error_for(e) from None
+        except ShuttingDownError as e:
+            raise error_for(e) from None
+
+    def cancel(self, work: Work) -> None:
+        if not work.future.done():
+            self.metrics.cancelled.inc(engine=work.engine)
+        self.batcher.cancel(work)
+
+    # ------------------------------------------------------------------ running (worker threads)
+    def _run_batch(self, works: list[Work]) -> list:
+        eng = self.engines[works[0].engine]
+        t0 = time.perf_counter()
+        self.metrics.inflight.inc(engine=eng.name)
+        try:
+            try:
+                results = self._execute(eng, works)
+            except CancelledError as e:
+                results = [e] * len(works)
+            except Exception as e:  # noqa: BLE001
+                if len(works) == 1:
+                    results = [e]
+                else:  # one request must not fail the others: run each alone
+                    results = []
+                    for w in works:
+                        try:
+                            results.extend(self._execute(eng, [w]))
+                        except Exception as e1:  # noqa: BLE001
+                            results.append(e1)
+        finally:
+            self.metrics.inflight.dec(engine=eng.name)
+        self.metrics.stage.observe(time.perf_counter() - t0, engine=eng.name, stage="batch")
+        return results
+
+    def _execute(self, eng: Engine, works: list[Work]) -> list:
+        if eng.kind == "caption":
+            return self._execute_caption(eng, works)
+        if eng.kind == "video":
+            return self._execute_video(eng, works)
+        return self._execute_image(eng, works)
+
+    def _callback(self, works: list[Work], total: int):
+        def cb(i, t, latents):
+            for w in works:
+                if w.progress is not None and not w.cancelled.is_set():
+                    try:
+                        w.progress(i + 1, total)
+                    except Exception:  # noqa: BLE001 - a progress sink never breaks the batch
+                        pass
+            return not all(w.cancelled.is_set() for w in works)
+        return cb
+
+    def _execute_image(self, eng: Engine, works: list[Work]) -> list:
+        pipe = eng.pipe
+        p0 = works[0].params
+        kw = dict(num_inference_steps=p0["steps"], guidance_scale=p0["guidance"], height=p0["height"],
+                  width=p0["width"], scheduler=p0["scheduler"], guidance_rescale=p0["guidance_rescale"], eta=p0["eta"],
+                  output_type="np", callback=self._callback(works, p0["total_steps"]))
+        if len(works) == 1:
+            kw.update(num_images_per_prompt=p0["n"], seed=p0["seed"], negative_prompt=p0["negative_prompt"])
+            if p0["image"] is not None:
+                kw.update(image=p0["image"], strength=p0["strength"])
+            if p0["mask"] is not None:
+                kw["mask_image"] = p0["mask"]
+            prompt: Any = p0["prompt"]
+        else:
+            # one batched call: per-request rows, each request's noise from its own seed (as a lone request)
+            prompt = [w.params["prompt"] for w in works for _ in range(w.params["n"])]
+            negs = None
+            if p0["negative_prompt"] is not None:
+                negs = [w.params["negative_prompt"] for w in works for _ in range(w.params["n"])]
+            f = pipe.vae_scale_factor
+            shape = (pipe.latent_channels, p0["height"] // f, p0["width"] // f)
+            latents = np.concatenate([randn((w.params["n"],) + shape, w.params["seed"]) for w in works])
+            kw.update(num_images_per_prompt=1, seed=p0["seed"], negative_prompt=negs, latents=latents)
+        out = pipe(prompt, **kw)
+        timings = dict(out.timings)
+        for st in ("text_encode", "denoise", "vae_decode"):
+            if st in timings:
+                self.metrics.stage.observe(timings[st], engine=eng.name, stage=st)
+        t0 = time.perf_counter()
+        pils = imgproc.to_pil(np.asarray(out.images))
+        results, row = [], 0
+        for w in works:
+            n = w.params["n"]
+            imgs = [encode_png(im) for im in pils[row:row + n]]
+            row += n
+            results.append({"images": imgs, "seed": w.params["seed"], "batch": len(works), "timings": timings})
+        self.metrics.stage.observe(time.perf_counter() - t0, engine=eng.name, stage="encode")
+        return results
+
+    def _execute_caption(self, eng: Engine, works: list[Work]) -> list:
+        p0 = works[0].params
+        images = [im for w in works for im in w.params["images"]]
+        kw = {k: p0[k] for k in ("max_new_tokens", "num_beams", "num_return_sequences", "length_penalty",
+                                 "repetition_penalty", "no_repeat_ngram_size")}
+        out = eng.pipe(images, p0["prompt"], **kw)
+        for st, v in (getattr(out, "timings", None) or {}).items():
+            if isinstance(v, (int, float)) and st in ("encode", "decode", "vision_encode", "text_decode"):
+                self.metrics.stage.observe(v, engine=eng.name, stage=st)
+        per = p0["num_return_sequences"]
+        results, row = [], 0
+        for w in works:
+            k = len(w.params["images"]) * per
+            results.append({"captions": list(out.texts[row:row + k]), "batch": len(works)})
+            row += k
+        return results
+
+    def _execute_video(self, eng: Engine, works: list[Work]) -> list:
+        (w,) = works
+        p = w.params
+        out = eng.pipe(p["prompt"], seed=p["seed"], output_type="np", callback=self._callback(works, 0), **p["args"])
+        frames = np.asarray(out.images)
+        if frames.ndim == 5:  # [batch, frames, H, W, C]
+            frames = frames[0]
+        return [{"frames": [encode_png(im) for im in imgproc.to_pil(frames)], "seed": p["seed"]}]
+
+    # ------------------------------------------------------------------ answers
+    @staticmethod
+    def images_response(result: dict, model: str) -> dict:
+        return {"created": int(time.time()), "model": model, "seed": result["seed"],
+                "data": [{"b64_json": b, "seed": result["seed"]} for b in result["images"]]}

@@ -1,0 +1,466 @@
+"""`fastgen serve`: HTTP API, dynamic batching (bit-equal to lone requests), faults, jobs, SSE, metrics, load.
+
+In-process (httpx ASGI transport / starlette TestClient) except one bounded load test against a real
+uvicorn on 127.0.0.1 with an ephemeral port. Only loopback addresses, ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+httpx = pytest.importorskip("httpx")
+
+import fastgen  # noqa: E402
+from engines import tiny_engine  # noqa: E402
+from fastgen.serve import create_app  # noqa: E402
+from fastgen.serve.batching import Batcher, QueueFullError, Work  # noqa: E402
+from PIL import Image  # noqa: E402
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def eng():
+    return tiny_engine("sd")[1]
+
+
+@pytest.fixture(scope="module")
+def pipe(eng):
+    return fastgen.Pipeline.load(eng)
+
+
+class Proxy:
+    """A pipeline wrapper that can be slow or fail on a given prompt (fault injection)."""
+
+    def __init__(self, pipe, delay=0.0, fail_on=None):
+        self._pipe, self.delay, self.fail_on = pipe, delay, fail_on
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, prompt, **kw):
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        self.calls.append(len(prompts))
+        if self.fail_on is not None and self.fail_on in prompts:
+            raise RuntimeError("injected failure")
+        if self.delay:
+            cb = kw.get("callback")
+            end = time.monotonic() + self.delay
+            while time.monotonic() < end:
+                time.sleep(0.01)
+                if cb is not None and cb(-1, 0.0, None) is False:
+                    raise fastgen.CancelledError("cancelled")
+        return self._pipe(prompt, **kw)
+
+
+def png_pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+def reference(pipe, prompt, seed, n=1, guidance=None, negative=None):
+    out = pipe(prompt, num_inference_steps=STEPS, seed=seed, height=64, width=64, num_images_per_prompt=n,
+               guidance_scale=guidance, negative_prompt=negative)
+    return [np.asarray(im) for im in out.images]
+
+
+async def post_all(app, bodies, path="/v1/generate", headers=None):
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=60) as c:
+        return await asyncio.gather(*[c.post(path, json=b, headers=headers) for b in bodies])
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# ----------------------------------------------------------------------------------- basics
+
+def test_health_ready_models_and_openai_images(eng, pipe):
+    from starlette.testclient import TestClient
+
+    app = create_app({"sd": eng})
+    with TestClient(app) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        for _ in range(100):
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert c.get("/readyz").json()["models"] == ["sd"]
+        assert c.get("/v1/models").json()["data"][0]["id"] == "sd"
+        r = c.post("/v1/images/generations", json={"model": "sd", "prompt": "a red cat", "n": 2, "size": "64x64",
+                                                  "response_format": "b64_json", "seed": 11, "steps": STEPS,
+                                                  "quality": "standard", "user": "u1"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert isinstance(body["created"], int) and len(body["data"]) == 2
+        ref = reference(pipe, "a red cat", 11, n=2)
+        for d, want in zip(body["data"], ref):
+            np.testing.assert_array_equal(png_pixels(d["b64_json"]), want)
+    # the lifespan shutdown drained and closed the service
+    assert app.state.service.closing
+
+
+def test_generate_all_arguments_img2img_inpaint(eng, pipe):
+    app = create_app({"sd": eng}, warmup=False)
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+
+    def b64(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    bodies = [
+        {"prompt": "a dog", "negative_prompt": "blurry", "steps": STEPS, "guidance": 5.0, "seed": 5,
+         "scheduler": "ddim", "height": 64, "width": 64},
+        {"prompt": "a dog", "image": b64(img), "strength": 0.7, "steps": STEPS, "seed": 6},
+        {"prompt": "a dog", "image": "data:image/png;base64," + b64(img), "mask": b64(mask), "steps": STEPS,
+         "seed": 7},
+    ]
+    r0, r1, r2 = run(post_all(app, bodies))
+    assert [r.status_code for r in (r0, r1, r2)] == [200, 200, 200], [r.text for r in (r0, r1, r2)]
+    want = pipe("a dog", negative_prompt="blurry", num_inference_steps=STEPS, guidance_scale=5.0, seed=5,
+                scheduler="ddim", height=64, width=64).images[0]
+    np.testing.assert_array_equal(png_pixels(r0.json()["data"][0]["b64_json"]), np.asarray(want))
+    want = pipe.img2img("a dog", image=img, strength=0.7, num_inference_steps=STEPS, seed=6, height=64,
+                        width=64).images[0]
+    np.testing.assert_array_equal(png_pixels(r1.json()["data"][0]["b64_json"]), np.asarray(want))
+    want = pipe.inpaint("a dog", image=img, mask_image=mask, num_inference_steps=STEPS, seed=7, height=64,
+                        width=64).images[0]
+    np.testing.assert_array_equal(png_pixels(r2.json()["data"][0]["b64_json"]), np.asarray(want))
+    app.state.service.close()
+
+
+# ----------------------------------------------------------------------------------- batching
+
+def test_dynamic_batching_reproduces_lone_requests(eng, pipe):
+    """Concurrent compatible requests share one network call; each image equals the lone request's."""
+    proxy = Proxy(pipe)
+    app = create_app({"sd": proxy}, max_batch=4, max_wait_ms=400, warmup=False)
+    bodies = [{"prompt": "a cat", "seed": 1, "steps": STEPS, "size": "64x64"},
+              {"prompt": "a blue house", "seed": 2, "steps": STEPS, "size": "64x64", "n": 2},
+              {"prompt": "a tree at night", "seed": 3, "steps": STEPS, "size": "64x64"}]
+    rs = run(post_all(app, bodies))
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+    assert [r.json()["batch"] for r in rs] == [3, 3, 3]
+    assert proxy.calls == [4]  # one call, 4 rows
+    for b, r in zip(bodies, rs):
+        want = reference(pipe, b["prompt"], b["seed"], n=b.get("n", 1))
+        got = [png_pixels(d["b64_json"]) for d in r.json()["data"]]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    snap = app.state.service.metrics.batch_size.snapshot(engine="sd")
+    assert snap["count"] == 1 and snap["sum"] == 3
+    app.state.service.close()
+
+
+def test_incompatible_requests_not_merged(eng, pipe):
+    proxy = Proxy(pipe)
+    app = create_app({"sd": proxy}, max_batch=8, max_wait_ms=300, warmup=False)
+    bodies = [{"prompt": "a cat", "seed": 1, "steps": STEPS, "guidance": 7.5},
+              {"prompt": "a cat", "seed": 1, "steps": STEPS, "guidance": 3.0},  # other guidance scale
+              {"prompt": "a cat", "seed": 1, "steps": STEPS + 1, "guidance": 7.5},  # other steps
+              {"prompt": "a cat", "seed": 1, "steps": STEPS, "guidance": 7.5, "size": "64x32"},  # other size
+              {"prompt": "a cat", "seed": 1, "steps": STEPS, "guidance": 7.5, "scheduler": "euler_a"}]  # stochastic
+    rs = run(post_all(app, bodies))
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+    assert [r.json()["batch"] for r in rs] == [1] * 5
+    want = reference(pipe, "a cat", 1, guidance=3.0)[0]
+    np.testing.assert_array_equal(png_pixels(rs[1].json()["data"][0]["b64_json"]), want)
+    app.state.service.close()
+
+
+def test_batching_off_and_max_batch_respected(eng, pipe):
+    proxy = Proxy(pipe)
+    app = create_app({"sd": proxy}, max_batch=2, max_wait_ms=300, warmup=False)
+    rs = run(post_all(app, [{"prompt": "a cat", "seed": i, "steps": STEPS} for i in range(5)]))
+    assert all(r.status_code == 200 for r in rs)
+    assert max(proxy.calls) <= 2 and sum(proxy.calls) == 5
+    app.state.service.close()
+    proxy = Proxy(pipe)
+    app = create_app({"sd": proxy}, batching=False, warmup=False)
+    rs = run(post_all(app, [{"prompt": "a cat", "seed": i, "steps": STEPS} for i in range(3)]))
+    assert all(r.status_code == 200 and r.json()["batch"] == 1 for r in rs)
+    assert proxy.calls == [1, 1, 1]
+    app.state.service.close()
+
+
+# ----------------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("body,status,needle", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    ({"prompt": 3}, 400, "'prompt' must be a string"),
+    ({"prompt": ""}, 400, "must not be empty"),
+    ({}, 400, "'prompt' is required"),
+    ({"prompt": "x", "n": "2"}, 400, "'n' must be an integer"),
+    ({"prompt": "x", "n": 99}, 400, "'n' must be in"),
+    ({"prompt": "x", "steps": True}, 400, "'steps' must be an integer"),
+    ({"prompt": "x", "guidance": "high"}, 400, "'guidance' must be a number"),
+    ({"prompt": "x", "seed": -1}, 400, "'seed' must be in"),
+    ({"prompt": "x", "size": "big"}, 400, "'size' must look like"),
+    ({"prompt": "x", "size": "60x64"}, 400, "not allowed"),
+    ({"prompt": "x", "size": "1024x1024"}, 400, "not allowed"),
+    ({"prompt": "x", "scheduler": "nope"}, 400, "unknown scheduler"),
+    ({"prompt": "x", "image": "###"}, 400, "not valid base64"),
+    ({"prompt": "x", "image": base64.b64encode(b"not an image").decode()}, 400, "not a readable image"),
+    ({"prompt": "x", "mask": "AAAA"}, 400, "needs 'image'"),
+    ({"prompt": "x", "response_format": "url"}, 400, "b64_json"),
+    ({"prompt": "x", "colour": 1}, 400, "unknown field"),
+    ({"prompt": "x", "model": "nope"}, 404, "unknown model"),
+    ({"prompt": "x", "model": 5}, 400, "'model' must be a string"),
+])
+def test_bad_requests_answer_4xx_json(eng, body, status, needle):
+    from starlette.testclient import TestClient
+
+    app = create_app({"sd": eng}, warmup=False)
+    with TestClient(app) as c:
+        if isinstance(body, bytes):
+            r = c.post("/v1/generate", content=body, headers={"content-type": "application/json"})
+        else:
+            r = c.post("/v1/generate", json=body)
+        assert r.status_code == status, r.text
+        err = r.json()["error"]
+        assert needle in err["message"] and err["type"]
+
+
+def test_errors_do_not_disturb_other_requests(eng, pipe):
+    proxy = Proxy(pipe, fail_on="boom")
+    app = create_app({"sd": proxy}, max_batch=4, max_wait_ms=300, sizes=["64x64"], warmup=False)
+    bodies = [{"prompt": "a cat", "seed": 1, "steps": STEPS},
+              {"prompt": "boom", "seed": 2, "steps": STEPS},  # internal failure: 500 for it only
+              {"prompt": "a dog", "seed": 3, "steps": "three"},  # bad type: 400
+              {"prompt": "a cow", "seed": 4, "steps": STEPS, "size": "32x32"},  # size not in --sizes
+              {"prompt": "a dog", "seed": 3, "steps": STEPS}]
+    rs = run(post_all(app, bodies))
+    assert [r.status_code for r in rs] == [200, 500, 400, 400, 200], [r.text for r in rs]
+    assert rs[1].json()["error"]["type"] == "server_error"
+    assert "allowed sizes: 64x64" in rs[3].json()["error"]["message"]
+    np.testing.assert_array_equal(png_pixels(rs[0].json()["data"][0]["b64_json"]), reference(pipe, "a cat", 1)[0])
+    np.testing.assert_array_equal(png_pixels(rs[4].json()["data"][0]["b64_json"]), reference(pipe, "a dog", 3)[0])
+    text = run(_get(app, "/metrics")).text
+    assert 'fastgen_errors_total{type="server_error"} 1' in text
+    app.state.service.close()
+
+
+async def _get(app, path, headers=None):
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+        return await c.get(path, headers=headers)
+
+
+def test_full_queue_429_and_timeout_504(eng, pipe):
+    proxy = Proxy(pipe, delay=0.6)
+    app = create_app({"sd": proxy}, max_batch=1, max_queue=1, workers=1, warmup=False)
+    rs = run(post_all(app, [{"prompt": "a cat", "seed": i, "steps": STEPS} for i in range(4)]))
+    codes = sorted(r.status_code for r in rs)
+    assert codes.count(200) >= 1 and 429 in codes and set(codes) <= {200, 429}, codes
+    r429 = next(r for r in rs if r.status_code == 429)
+    assert r429.headers["retry-after"] and r429.json()["error"]["type"] == "rate_limit_error"
+    app.state.service.close()
+
+    proxy = Proxy(pipe, delay=2.0)
+    app = create_app({"sd": proxy}, timeout_s=0.3, warmup=False)
+    t0 = time.monotonic()
+    (r,) = run(post_all(app, [{"prompt": "a cat", "seed": 1, "steps": STEPS}]))
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
+    assert app.state.service.close(timeout=10)  # the cancelled work stopped early
+    assert time.monotonic() - t0 < 1.9
+    assert app.state.service.metrics.cancelled.value(engine="sd") == 1
+
+
+def test_cancelled_queued_work_never_runs():
+    ran = []
+    gate = threading.Event()
+
+    def runner(works):
+        gate.wait(5)
+        ran.extend(w.params["i"] for w in works)
+        return [w.params["i"] for w in works]
+
+    b = Batcher(runner, max_batch=1, max_wait_s=0, max_queue=2, workers=1)
+    ws = [Work("e", None, {"i": i}) for i in range(3)]
+    b.submit(ws[0])
+    time.sleep(0.1)  # ws[0] is running (blocked on the gate)
+    b.submit(ws[1])
+    b.submit(ws[2])
+    with pytest.raises(QueueFullError):
+        b.submit(Work("e", None, {"i": 9}))
+    b.cancel(ws[1])
+    gate.set()
+    assert ws[0].future.result(5) == 0 and ws[2].future.result(5) == 2
+    with pytest.raises(fastgen.CancelledError):
+        ws[1].future.result(5)
+    assert ran == [0, 2]
+    assert b.close(drain=True, timeout=5)
+
+
+def test_graceful_shutdown_drains(eng, pipe):
+    proxy = Proxy(pipe, delay=0.2)
+    app = create_app({"sd": proxy}, max_batch=1, workers=1, warmup=False)
+    svc = app.state.service
+    works = []
+    for i in range(3):
+        w, _ = svc.parse_generate({"prompt": "a cat", "seed": i, "steps": STEPS})
+        svc.submit(w)
+        works.append(w)
+    assert svc.close(drain=True, timeout=30)
+    assert all(w.future.done() and w.future.exception() is None for w in works)
+    from fastgen.serve.service import ApiError
+
+    w, _ = svc.parse_generate({"prompt": "late", "steps": STEPS})
+    with pytest.raises(ApiError) as ei:
+        svc.submit(w)
+    assert ei.value.status == 503
+
+
+# ----------------------------------------------------------------------------------- streaming, jobs, auth
+
+def test_stream_progress_sse(eng):
+    from starlette.testclient import TestClient
+
+    app = create_app({"sd": eng}, warmup=False)
+    with TestClient(app) as c:
+        with c.stream("POST", "/v1/generate", json={"prompt": "a cat", "steps": STEPS, "seed": 1,
+                                                    "stream": True}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            text = "".join(r.iter_text())
+    events = [blk for blk in text.split("\n\n") if blk.strip()]
+    prog = [e for e in events if e.startswith("event: progress")]
+    import json
+
+    steps = [json.loads(e.split("data: ", 1)[1]) for e in prog]
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and steps[-1]["step"] == steps[-1]["total"]
+    res = next(e for e in events if e.startswith("event: result"))
+    assert json.loads(res.split("data: ", 1)[1])["data"][0]["b64_json"]
+    assert events[-1] == "data: [DONE]"
+
+
+def test_async_jobs_and_cancel(eng, pipe):
+    from starlette.testclient import TestClient
+
+    proxy = Proxy(pipe, delay=0.0)
+    app = create_app({"sd": proxy}, max_batch=1, warmup=False)
+    with TestClient(app) as c:
+        r = c.post("/v1/generate", json={"prompt": "a cat", "steps": STEPS, "seed": 4, "async": True})
+        assert r.status_code == 202
+        jid = r.json()["id"]
+        for _ in range(200):
+            job = c.get(f"/v1/jobs/{jid}").json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.05)
+        assert job["status"] == "succeeded", job
+        np.testing.assert_array_equal(png_pixels(job["result"]["images"][0]), reference(pipe, "a cat", 4)[0])
+        proxy.delay = 5.0
+        jid = c.post("/v1/generate", json={"prompt": "slow", "steps": STEPS, "async": True}).json()["id"]
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        job = c.delete(f"/v1/jobs/{jid}").json()
+        assert job["status"] == "cancelled" and time.monotonic() - t0 < 3
+        assert c.get("/v1/jobs/job_nope").status_code == 404
+        r = c.post("/v1/videos", json={"prompt": "a cat"})
+        assert r.status_code == 404 and "no video engine" in r.json()["error"]["message"]
+        r = c.post("/v1/captions", json={"images": ["AAAA"]})
+        assert r.status_code == 404 and "no caption engine" in r.json()["error"]["message"]
+
+
+def test_api_key(eng):
+    from starlette.testclient import TestClient
+
+    app = create_app({"sd": eng}, api_key="s3cret", warmup=False)
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.post("/v1/generate", json={"prompt": "a cat", "steps": STEPS})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_cli_refuses_public_bind_without_key(eng, capsys, monkeypatch):
+    from fastgen.cli import main
+    from fastgen.commands.serve import check_bind, is_loopback
+
+    monkeypatch.delenv("FASTGEN_API_KEY", raising=False)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
+    assert main(["serve", eng, "--host", "0.0.0.0"]) == 2
+    assert "without an API key" in capsys.readouterr().err
+    check_bind("0.0.0.0", "key")  # allowed with a key (not started here)
+
+
+def test_metrics_exposition(eng):
+    app = create_app({"sd": eng}, warmup=False)
+    run(post_all(app, [{"prompt": "a cat", "steps": STEPS}]))
+    text = run(_get(app, "/metrics")).text
+    for needle in ("# TYPE fastgen_queue_depth gauge", 'fastgen_queue_depth{engine="sd"} 0',
+                   "# TYPE fastgen_batch_size histogram", 'fastgen_batch_size_bucket{engine="sd",le="+Inf"} 1',
+                   'fastgen_stage_seconds_count{engine="sd",stage="denoise"} 1',
+                   'fastgen_stage_seconds_count{engine="sd",stage="queue"} 1',
+                   'fastgen_requests_total{endpoint="generate",code="200"} 1'):
+        assert needle in text, needle
+    app.state.service.close()
+
+
+def test_import_fastgen_does_not_import_web_stack():
+    code = ("import sys, fastgen; import fastgen.serve; "
+            "bad = [m for m in ('starlette', 'uvicorn', 'fastapi', 'torch', 'ray') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ----------------------------------------------------------------------------------- a real server
+
+def test_uvicorn_load_all_answered_and_batched(eng):
+    uvicorn = pytest.importorskip("uvicorn")
+    app = create_app({"sd": eng}, max_batch=4, max_wait_ms=20, max_queue=64)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+        port = server.servers[0].sockets[0].getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+
+        async def load():
+            sem = asyncio.Semaphore(16)
+            async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+                async def one(i):
+                    async with sem:
+                        return await c.post("/v1/images/generations",
+                                            json={"prompt": f"a cat {i % 5}", "seed": i, "steps": 2,
+                                                  "size": "64x64"})
+                rs = await asyncio.gather(*[one(i) for i in range(48)])
+                return rs, (await c.get("/metrics")).text
+
+        t0 = time.monotonic()
+        rs, metrics = asyncio.run(load())
+        assert time.monotonic() - t0 < 90
+        assert [r.status_code for r in rs] == [200] * 48
+        assert len({r.json()["data"][0]["b64_json"] for r in rs}) == 48
+        snap = app.state.service.metrics.batch_size.snapshot(engine="sd")
+        assert snap["sum"] == 48 and snap["count"] < 48, snap  # batching observed
+        assert 'fastgen_batch_size_count{engine="sd"}' in metrics
+    finally:
+        server.should_exit = True
+        th.join(30)
+    assert not th.is_alive()
