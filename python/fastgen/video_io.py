@@ -8,6 +8,7 @@ by frame as frames arrive, so a long video never needs all its frames in memory.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -140,11 +141,14 @@ def export_video(frames: Any, path: str | os.PathLike, fps: float = 8) -> str:
             raise InvalidArgumentError("no frames to write")
         pil[0].save(path, save_all=True, append_images=pil[1:], duration=int(round(1000 / fps)), loop=0)
         return path
+    first = next(it, None)
+    if first is None:
+        raise InvalidArgumentError("no frames to write")
     writer = _mp4_writer(path, fps)
     n = 0
     size = None
     try:
-        for f in it:
+        for f in itertools.chain([first], it):
             u8 = _to_uint8(f)
             if size is None:
                 size = u8.shape
@@ -154,7 +158,4 @@ def export_video(frames: Any, path: str | os.PathLike, fps: float = 8) -> str:
             n += 1
     finally:
         writer.close()
-    if n == 0:
-        os.remove(path)
-        raise InvalidArgumentError("no frames to write")
     return path
