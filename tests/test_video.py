@@ -209,3 +209,20 @@ def test_bad_input(animatediff, tmp_path):
             fastgen.export_video(np.zeros((2, 8, 8, 3), np.float32), tmp_path / path)
     with pytest.raises(fastgen.InvalidArgumentError):
         fastgen.export_video([], tmp_path / "empty.mp4")
+
+
+def test_cli_generate_video(animatediff, tmp_path, capsys):
+    from fastgen import cli
+
+    _, eng = animatediff
+    out = tmp_path / "clip.gif"
+    rc = cli.main(["generate", eng, "a red cat", "--num-frames", "12", "--context-length", "8", "--steps", "2",
+                   "--height", "32", "--width", "32", "--seed", "3", "-o", str(out), "--fps", "4"])
+    assert rc == 0 and out.is_file()
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.n_frames == 12
+    assert "2 steps x 2 windows" in capsys.readouterr().err
+    assert cli.main(["generate", eng, "a cat", "--num-frames", "4", "-o", str(tmp_path / "x.avi")]) == 2
+    assert cli.main(["generate", eng, "a cat", "--num-frames", "0", "-o", str(tmp_path / "x.mp4")]) == 2

@@ -29,6 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # --- video engines (issue 9) ---
+    p.add_argument("--num-frames", type=int, default=None, help="video engines: frames to generate (default 16)")
+    p.add_argument("--context-length", type=int, default=None,
+                   help="video engines: frames per context window (default: the motion module's length)")
+    p.add_argument("--context-stride", type=int, default=4, help="video engines: frames between context windows")
+    p.add_argument("--decode-chunk-size", type=int, default=8, help="video engines: frames decoded at once")
+    p.add_argument("--fps", type=float, default=8.0, help="video engines: frames per second of the MP4 / GIF")
+    # --- end video ---
 
 
 def _progress(total: int, enabled: bool):
@@ -62,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--mask needs --image")
     t0 = time.perf_counter()
     pipe = Pipeline.load(engine, backend=args.backend, device=args.device)
+    # --- video engines (issue 9): text2video / img2video kinds go to _run_video; images below are untouched ---
+    if getattr(pipe, "kind", "") in ("text2video", "img2video"):
+        return _run_video(args, pipe, prompt, t0)
+    # --- end video ---
     steps = args.steps if args.steps is not None else getattr(pipe, "default_steps", 50)
     if args.strength is not None and args.image:
         steps_run = max(1, min(int(steps * args.strength), steps))
@@ -99,4 +111,48 @@ def run(args: argparse.Namespace) -> int:
         print(path)
     print(f"seed {out.seed}, {steps_run} steps, {total:.2f}s total "
           f"({out.timings.get('total', 0):.2f}s generating)", file=sys.stderr)
+    return 0
+
+
+# --- video engines (issue 9) ---------------------------------------------------------------------
+
+
+def _run_video(args: argparse.Namespace, pipe, prompt: str, t0: float) -> int:
+    """Stream the frames of one video to an MP4 / GIF (suffix of -o; the default out.png becomes out.mp4)."""
+    from ..video_io import VIDEO_SUFFIXES, export_video
+
+    output = "out.mp4" if args.output == "out.png" else args.output
+    if os.path.splitext(output)[1].lower() not in VIDEO_SUFFIXES:
+        raise InvalidArgumentError(f"video output must end in {' or '.join(VIDEO_SUFFIXES)}, got {output!r}")
+    if args.image or args.mask or args.strength is not None:
+        raise InvalidArgumentError("--image / --mask / --strength do not apply to text-to-video engines")
+    if args.num_images != 1:
+        raise InvalidArgumentError("video engines write one video per call (-n 1)")
+    frames = 16 if args.num_frames is None else args.num_frames
+    steps = args.steps if args.steps is not None else pipe.default_steps
+    windows = pipe.num_windows(frames, args.context_length, args.context_stride)
+    enabled = not args.no_progress and sys.stderr.isatty() or os.environ.get("FASTGEN_PROGRESS") == "1"
+    bar = None
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps * windows, desc=f"denoising ({windows} window{'s' * (windows > 1)})",
+                       unit="window", file=sys.stderr, leave=False)
+        except ImportError:  # pragma: no cover
+            bar = None
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    it = pipe.iter_frames(prompt, num_frames=frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                          height=args.height, width=args.width, seed=seed, context_length=args.context_length,
+                          context_stride=args.context_stride, decode_chunk_size=args.decode_chunk_size,
+                          negative_prompt=args.negative, scheduler=args.scheduler,
+                          window_callback=(lambda start, t: bar.update(1)) if bar is not None else None)
+    try:
+        export_video(it, output, fps=args.fps)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(output)
+    print(f"seed {seed}, {frames} frames, {steps} steps x {windows} windows, "
+          f"{time.perf_counter() - t0:.2f}s total", file=sys.stderr)
     return 0
