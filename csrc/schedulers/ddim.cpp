@@ -78,9 +78,7 @@ class DDIM final : public Scheduler {
   }
 
   void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
-    const double a = ns_.alpha_prod(static_cast<long long>(t));
-    const double s1 = std::sqrt(a), s2 = std::sqrt(1 - a);
-    for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(s1 * original[i] + s2 * noise[i]);
+    kernels::add_noise_vp(static_cast<float>(ns_.alpha_prod(static_cast<long long>(t))), original, noise, out, n);
   }
 
  private:

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 
 namespace fastgen::kernels {
@@ -39,6 +40,13 @@ inline void add_scaled(float* out, double a, const float* x, size_t n) {
 inline void clamp(float* x, double lo, double hi, size_t n) {
   const float l = static_cast<float>(lo), h = static_cast<float>(hi);
   for (size_t i = 0; i < n; ++i) x[i] = std::min(std::max(x[i], l), h);
+}
+
+// Variance-preserving forward diffusion, as diffusers' add_noise in float32:
+// out = sqrt(a) * original + sqrt(1 - a) * noise, with a = alphas_cumprod[t].
+inline void add_noise_vp(float alpha_prod, const float* original, const float* noise, float* out, size_t n) {
+  const float s1 = std::sqrt(alpha_prod), s2 = std::sqrt(1.0f - alpha_prod);
+  for (size_t i = 0; i < n; ++i) out[i] = s1 * original[i] + s2 * noise[i];
 }
 
 }  // namespace fastgen::kernels

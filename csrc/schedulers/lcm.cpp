@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "schedulers/kernels.h"
 #include "schedulers/scheduler.h"
 
 namespace fastgen {
@@ -117,9 +118,7 @@ class LCM final : public Scheduler {
   }
 
   void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
-    const float a = alpha(static_cast<long long>(t));
-    const float s1 = std::sqrt(a), s2 = std::sqrt(1.0f - a);
-    for (size_t i = 0; i < n; ++i) out[i] = s1 * original[i] + s2 * noise[i];
+    kernels::add_noise_vp(alpha(static_cast<long long>(t)), original, noise, out, n);
   }
 
  private:

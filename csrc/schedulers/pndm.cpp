@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "schedulers/kernels.h"
 #include "schedulers/scheduler.h"
 
 namespace fastgen {
@@ -87,9 +88,7 @@ class PNDM final : public Scheduler {
   }
 
   void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
-    const float a = alpha(static_cast<long long>(t));
-    const float s1 = std::sqrt(a), s2 = std::sqrt(1.0f - a);
-    for (size_t i = 0; i < n; ++i) out[i] = s1 * original[i] + s2 * noise[i];
+    kernels::add_noise_vp(alpha(static_cast<long long>(t)), original, noise, out, n);
   }
 
  private:
