@@ -25,7 +25,7 @@ from fastgen.errors import ExportError, InvalidArgumentError
 from . import diffusion as dif
 
 __all__ = ["VIDEO_PIPELINES", "is_video_pipeline", "plan_video_pipeline", "VideoExporter", "build_motion_unet",
-           "build_tiny_animatediff"]
+           "build_tiny_animatediff", "build_motion_unet_per_frame"]
 
 #: diffusers pipeline class -> (family, engine kind)
 VIDEO_PIPELINES = {"AnimateDiffPipeline": ("sd", "text2video")}
@@ -103,6 +103,88 @@ def build_motion_unet(plan: dif.PipelinePlan, *, text_length: int) -> dif.Compon
     return dif.ComponentSpec("unet", MotionUNet(model), inputs, outputs, make, info=info)
 
 
+def _per_frame_forward(model, sample, timestep, ehs):
+    """UNetMotionModel.forward with one timestep per frame: timestep [B, F] -> time embedding [B*F, D].
+
+    Follows diffusers' forward for UNets without added conditioning; with equal timesteps over the
+    frames it is the same computation (the export checks that against the model's own forward)."""
+    b, c, f, h, w = sample.shape
+    up = 2 ** model.num_upsamplers
+    forward_upsample_size = any(int(s) % up != 0 for s in sample.shape[-2:])
+    upsample_size = None
+    t_emb = model.time_proj(timestep.reshape(-1)).to(dtype=model.dtype)
+    emb = model.time_embedding(t_emb, None)  # [B*F, D], frame-major within each video
+    x = sample.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    x = model.conv_in(x)
+    res = (x,)
+    for block in model.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            x, r = block(hidden_states=x, temb=emb, encoder_hidden_states=ehs, num_frames=f)
+        else:
+            x, r = block(hidden_states=x, temb=emb, num_frames=f)
+        res += r
+    if model.mid_block is not None:
+        if hasattr(model.mid_block, "motion_modules"):
+            x = model.mid_block(x, emb, encoder_hidden_states=ehs, num_frames=f)
+        else:
+            x = model.mid_block(x, emb, encoder_hidden_states=ehs)
+    for i, block in enumerate(model.up_blocks):
+        is_final = i == len(model.up_blocks) - 1
+        r = res[-len(block.resnets):]
+        res = res[:-len(block.resnets)]
+        if not is_final and forward_upsample_size:
+            upsample_size = res[-1].shape[2:]
+        if getattr(block, "has_cross_attention", False):
+            x = block(hidden_states=x, temb=emb, res_hidden_states_tuple=r, encoder_hidden_states=ehs,
+                      upsample_size=upsample_size, num_frames=f)
+        else:
+            x = block(hidden_states=x, temb=emb, res_hidden_states_tuple=r, upsample_size=upsample_size, num_frames=f)
+    if model.conv_norm_out:
+        x = model.conv_act(model.conv_norm_out(x))
+    x = model.conv_out(x)
+    return x[None, :].reshape((-1, f) + x.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def build_motion_unet_per_frame(plan: dif.PipelinePlan, *, text_length: int) -> dif.ComponentSpec:
+    """``unet_fifo``: the motion UNet with a per-frame timestep [batch, frames] (FIFO-Diffusion)."""
+    import torch
+
+    base = build_motion_unet(plan, text_length=text_length)
+    model = base.module.model
+
+    class PerFrame(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            f = sample.shape[2]
+            b, length, dim = encoder_hidden_states.shape
+            ehs = encoder_hidden_states[:, None].expand(b, f, length, dim).reshape(b * f, length, dim)
+            return _per_frame_forward(self.model, sample, timestep, ehs).float()
+
+    inputs = list(base.inputs)
+    inputs[1] = dif.TensorSpec("timestep", "float32", ("batch", "frames"))
+    c_in = inputs[0].shape[1]
+
+    def make(dims, gen):
+        b, f, h, w = dims["batch"], dims["frames"], dims["latent_height"], dims["latent_width"]
+        t = torch.rand(b, f, generator=gen, dtype=torch.float32) * 999.0
+        return (torch.randn(b, c_in, f, h, w, generator=gen), t,
+                torch.randn(b, text_length, inputs[2].shape[2], generator=gen))
+
+    wrapper = PerFrame(model)
+    # the per-frame path must be the model's own computation when all frames share a timestep
+    gen = torch.Generator().manual_seed(1)
+    x, t, e = make({"batch": 1, "frames": 3, "latent_height": 4, "latent_width": 4}, gen)
+    with torch.no_grad():
+        same = wrapper(x, t[:, :1].expand(1, 3).contiguous(), e)
+        ref = base.module(x, t[:, 0], e)
+    if not torch.allclose(same, ref, atol=1e-5, rtol=1e-4):
+        raise ExportError(f"per-frame UNet differs from UNetMotionModel.forward by {float((same - ref).abs().max())}")
+    return dif.ComponentSpec("unet_fifo", wrapper, inputs, list(base.outputs), make, info=dict(base.info))
+
+
 def _exporter_base():
     from .api import _Exporter
 
@@ -114,6 +196,9 @@ def _make_video_exporter():
 
     class VideoExporter(base):
         """api._Exporter for AnimateDiff: motion UNet with a frames axis, image VAE decoder only."""
+
+        #: also export ``unet_fifo`` (per-frame timesteps, for long_video="fifo"); see FIFO_ENV
+        per_frame_timestep = os.environ.get("FASTGEN_EXPORT_FIFO", "1") != "0"
 
         def run(self) -> None:
             plan, m = self.plan, self.manifest
@@ -137,6 +222,8 @@ def _make_video_exporter():
             length = m["tokenizers"]["tokenizer"]["max_length"]
             self._component(lambda: dif.build_text_encoder(plan, "text_encoder", length))
             self._component(lambda: build_motion_unet(plan, text_length=length))
+            if self.per_frame_timestep:
+                self._component(lambda: build_motion_unet_per_frame(plan, text_length=length))
             dec, _enc = dif.build_vae(plan)
             del _enc
             self._component(lambda: dec)
@@ -144,6 +231,7 @@ def _make_video_exporter():
             cfg["motion_max_seq_length"] = self.info["unet"]["motion_max_seq_length"]
             cfg["default_num_frames"] = min(16, cfg["motion_max_seq_length"])
             cfg["frames_layout"] = "BCFHW"
+            cfg["per_frame_timestep"] = "unet_fifo" in self.info
             m["config"] = cfg
             from . import manifest as mf
 
