@@ -42,7 +42,10 @@ def test_export_manifest(animatediff):
     assert unet["inputs"]["timestep"]["shape"] == ["batch"]
     assert unet["outputs"]["noise_pred"]["shape"][2] == "frames"
     assert unet["parity"]["passed"] is True and unet["parity"]["inputs"]["sample"][2] != 4  # other frame count
-    assert set(m["components"]) == {"text_encoder", "unet", "vae_decoder"}
+    assert set(m["components"]) == {"text_encoder", "unet", "unet_fifo", "vae_decoder"}
+    fifo = m["components"]["unet_fifo"]
+    assert fifo["inputs"]["timestep"]["shape"] == ["batch", "frames"] and fifo["parity"]["passed"] is True
+    assert m["config"]["per_frame_timestep"] is True
 
 
 def test_matches_diffusers_animatediff(animatediff):
@@ -226,3 +229,72 @@ def test_cli_generate_video(animatediff, tmp_path, capsys):
     assert "2 steps x 2 windows" in capsys.readouterr().err
     assert cli.main(["generate", eng, "a cat", "--num-frames", "4", "-o", str(tmp_path / "x.avi")]) == 2
     assert cli.main(["generate", eng, "a cat", "--num-frames", "0", "-o", str(tmp_path / "x.mp4")]) == 2
+
+
+def _fifo_reference(vid, prompt, frames, steps, g, ctx, seed, h, w):
+    """Straightforward NumPy FIFO-Diffusion: same queue, partitions, per-frame timesteps and DDIM update."""
+    from fastgen.sampling import randn
+
+    sched = vid.make_scheduler()
+    sched.set_timesteps(steps)
+    cfg = sched.config
+    n = cfg["num_train_timesteps"]
+    betas = np.linspace(cfg["beta_start"], cfg["beta_end"], n, dtype=np.float32)
+    assert cfg["beta_schedule"] == "linear"
+    ac = np.cumprod(1.0 - betas.astype(np.float64)).astype(np.float32)
+    final = np.float32(1.0) if cfg.get("set_alpha_to_one", True) else ac[0]
+    ts = np.asarray(sched.timesteps)[::-1].astype(np.int64)  # slot j -> ts[j], ascending
+    L = len(ts)
+    lh, lw = h // 8, w // 8
+    clip = vid(prompt, num_frames=L, num_inference_steps=steps, guidance_scale=g, height=h, width=w, seed=seed,
+            context_length=ctx, context_stride=min(4, ctx), output_type="latent").frames
+    noise = randn((1, 4, L, lh, lw), seed ^ 0xD1A6)
+    queue = [np.sqrt(ac[ts[j]]) * clip[:, :, j] + np.sqrt(np.float32(1) - ac[ts[j]]) * noise[:, :, j]
+             for j in range(L)]
+    cond = vid.encode_prompt([prompt], None, 1, g > 1, {}).arrays["encoder_hidden_states"]
+    net = vid.session("unet_fifo")
+    starts = list(range(0, L - ctx, ctx)) + [L - ctx] if L > ctx else [0]
+    c = min(ctx, L)
+    out = []
+    for i in range(frames):
+        q = np.stack(queue, axis=2)
+        eps = np.zeros_like(q)
+        cnt = np.zeros(L, np.float32)
+        for s in starts:
+            x = q[:, :, s:s + c]
+            rows = 2 if g > 1 else 1
+            x = np.concatenate([x] * rows)
+            t = np.tile(ts[s:s + c].astype(np.float32), (rows, 1))
+            e = net.run({"sample": np.ascontiguousarray(x), "timestep": t, "encoder_hidden_states": cond},
+                        ["noise_pred"])["noise_pred"]
+            if g > 1:
+                e = e[:1] + np.float32(g) * (e[1:] - e[:1])
+            eps[:, :, s:s + c] += e
+            cnt[s:s + c] += 1
+        new = []
+        for j in range(L):
+            a = ac[ts[j]]
+            ap = final if j == 0 else ac[ts[j - 1]]
+            e = eps[:, :, j] / cnt[j]
+            x0 = (q[:, :, j] - np.sqrt(np.float32(1) - a) * e) / np.sqrt(a)
+            new.append(np.sqrt(ap) * x0 + np.sqrt(np.float32(1) - ap) * e)
+        out.append(new[0])
+        queue = new[1:] + [randn((1, 4, lh, lw), seed ^ 0xF1F0, offset=i * 4 * lh * lw)]
+    return np.stack(out, axis=2)
+
+
+@pytest.mark.parametrize("steps,ctx,g", [(4, 4, 1.0), (6, 4, 5.0)])
+def test_fifo_matches_numpy_reference(animatediff, steps, ctx, g):
+    _, eng = animatediff
+    vid = fastgen.Pipeline.load(eng)
+    frames = 10
+    got = vid("a cat", num_frames=frames, num_inference_steps=steps, guidance_scale=g, height=32, width=32, seed=4,
+              context_length=ctx, long_video="fifo", output_type="latent").frames
+    want = _fifo_reference(vid, "a cat", frames, steps, g, ctx, 4, 32, 32)
+    assert got.shape == (1, 4, frames, 4, 4)
+    assert max_diff(got, want) < 1e-4
+    video = vid("a cat", num_frames=frames, num_inference_steps=steps, guidance_scale=g, height=32, width=32, seed=4,
+                context_length=ctx, long_video="fifo").frames
+    assert video.shape == (1, frames, 32, 32, 3) and np.isfinite(video).all()
+    with pytest.raises(fastgen.InvalidArgumentError):
+        vid("a cat", num_frames=4, long_video="diagonal", num_inference_steps=2, height=32, width=32)

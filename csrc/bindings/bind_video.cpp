@@ -80,6 +80,75 @@ void bind_video(py::module_& m) {
       py::arg("guidance_rescale") = 0.0, py::arg("eta") = 0.0, py::arg("callback") = py::none(),
       "Denoise latents (B, C, F, h, w) over overlapping context windows; denoise(x, t, window_start).");
 
+  m.def(
+      "fifo_sample_loop",
+      [](const py::handle& queue_obj, const py::function& denoise, const py::function& exchange, int num_frames,
+         int context_length, std::vector<float> sqrt_a, std::vector<float> sqrt_1ma, std::vector<float> sqrt_a_prev,
+         std::vector<float> sqrt_1ma_prev, double guidance_scale, double guidance_rescale) {
+        auto in = require_f32(queue_obj, "queue");
+        if (in.ndim() != 5 || in.size() == 0)
+          throw ShapeError("queue must have shape (batch, channels, frames, height, width), got " +
+                           shape_str(shape_of(in)));
+        if (context_length < 1) throw ArgumentError("context_length must be >= 1");
+        VideoLoopShape sh;
+        sh.batch = static_cast<size_t>(in.shape(0));
+        sh.channels = static_cast<size_t>(in.shape(1));
+        sh.frames = static_cast<size_t>(in.shape(2));
+        sh.hw = static_cast<size_t>(in.shape(3) * in.shape(4));
+        sh.context_length = context_length;
+        LoopOptions opt;
+        opt.guidance_scale = guidance_scale;
+        opt.guidance_rescale = guidance_rescale;
+        if (!(guidance_scale >= 0)) throw ArgumentError("guidance_scale must be >= 0");
+        FifoCoefficients coef{std::move(sqrt_a), std::move(sqrt_1ma), std::move(sqrt_a_prev), std::move(sqrt_1ma_prev)};
+        const size_t rows = uses_cfg(opt) ? 2 * sh.batch : sh.batch;
+        const size_t ctx = std::min<size_t>(sh.frames, static_cast<size_t>(context_length));
+        py::array_t<float> queue(shape_of(in));
+        std::memcpy(queue.mutable_data(), in.data(), in.size() * sizeof(float));
+        std::vector<ssize_t> x_shape{static_cast<ssize_t>(rows), in.shape(1), static_cast<ssize_t>(ctx), in.shape(3),
+                                     in.shape(4)};
+        py::array_t<float> x(x_shape);
+        const ssize_t expect = static_cast<ssize_t>(rows * sh.channels * ctx * sh.hw);
+        std::vector<ssize_t> head_shape{in.shape(0), in.shape(1), in.shape(3), in.shape(4)};
+        const ssize_t head_n = in.shape(0) * in.shape(1) * in.shape(3) * in.shape(4);
+        py::object last_pred, last_noise;
+        WindowDenoiseFn fn = [&](float*, size_t, int start, double) -> const float* {
+          py::gil_scoped_acquire gil;
+          py::object r = denoise(x, py::int_(start));
+          auto arr = require_f32(r, "denoise() result");
+          if (arr.size() != expect)
+            throw ShapeError("denoise() must return float32 values shaped like its input " + shape_str(x_shape) +
+                             ", got shape " + shape_str(shape_of(arr)));
+          last_pred = arr;
+          return arr.data();
+        };
+        FifoExchangeFn ex = [&](int index, const float* head) -> const float* {
+          py::gil_scoped_acquire gil;
+          py::array_t<float> h(head_shape);
+          std::memcpy(h.mutable_data(), head, static_cast<size_t>(head_n) * sizeof(float));
+          py::object r = exchange(py::int_(index), h);
+          auto arr = require_f32(r, "exchange() result");
+          if (arr.size() != head_n)
+            throw ShapeError("exchange() must return new tail noise of shape " + shape_str(head_shape) + ", got " +
+                             shape_str(shape_of(arr)));
+          last_noise = arr;
+          return arr.data();
+        };
+        float* q = queue.mutable_data();
+        float* xp = x.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          fifo_sample_loop(q, sh, coef, num_frames, xp, fn, ex, opt);
+        }
+        last_pred = py::object();
+        last_noise = py::object();
+        return queue;
+      },
+      py::arg("queue"), py::arg("denoise"), py::arg("exchange"), py::arg("num_frames"), py::arg("context_length"),
+      py::arg("sqrt_a"), py::arg("sqrt_1ma"), py::arg("sqrt_a_prev"), py::arg("sqrt_1ma_prev"),
+      py::arg("guidance_scale") = 7.5, py::arg("guidance_rescale") = 0.0,
+      "FIFO-Diffusion diagonal denoising: num_frames iterations, each hands a clean head frame to exchange().");
+
   py::class_<FrameRing>(m, "FrameRing")
       .def(py::init<size_t, size_t, size_t, size_t>(), py::arg("capacity"), py::arg("channels"), py::arg("height"),
            py::arg("width"))

@@ -62,3 +62,23 @@ class FrameRing {
 };
 
 }  // namespace fastgen
+
+namespace fastgen {
+
+// FIFO-Diffusion (Kim et al. 2024) diagonal denoising. The queue [batch, channels, L, hw] holds L
+// latent frames at increasing noise: slot j is at timestep t_j (t_0 lowest). One iteration runs
+// the per-frame-timestep UNet over the queue in partitions of `context_length` frames, applies a
+// deterministic DDIM update to every slot (slot j: from t_j to t_{j-1}; slot 0: to clean), hands
+// the now clean head frame [batch, channels, hw] to exchange(), which returns the noise for the
+// new tail frame, and shifts the queue by one. Coefficients per slot: sqrt(alphā_t),
+// sqrt(1 - alphā_t) and the same at the next lower timestep (float32, as diffusers' DDIM).
+struct FifoCoefficients {
+  std::vector<float> sqrt_a, sqrt_1ma, sqrt_a_prev, sqrt_1ma_prev;
+};
+// denoise(x, rows, window_start): x is (cfg ? 2 : 1) * batch rows of [channels, window, hw].
+using FifoExchangeFn = std::function<const float*(int index, const float* head)>;
+int fifo_sample_loop(float* queue, const VideoLoopShape& shape, const FifoCoefficients& coef, int num_frames,
+                     float* x_in, const WindowDenoiseFn& denoise, const FifoExchangeFn& exchange,
+                     const LoopOptions& opt);
+
+}  // namespace fastgen

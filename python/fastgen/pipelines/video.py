@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import _core
 from .. import image as imgproc
-from ..errors import InvalidArgumentError, ManifestError, ShapeError
+from ..errors import InvalidArgumentError, ManifestError, ShapeError, UnsupportedError
 from ..sampling import randn
 from .diffusion import StableDiffusionPipeline, _check_float, _check_int, _prompt_list
 
@@ -35,6 +35,7 @@ VIDEO_OUTPUT_TYPES = ("np", "pil", "latent")
 MAX_FRAMES = 100_000
 MAX_VIDEOS_PER_CALL = 16
 WEIGHTINGS = ("pyramid", "flat")
+LONG_VIDEO_MODES = ("context", "fifo")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class _Plan:
     chunk: int
     seed: int
     latents: np.ndarray | None
+    long_video: str = "context"
 
 
 class TextToVideoPipeline(StableDiffusionPipeline):
@@ -138,6 +140,8 @@ class TextToVideoPipeline(StableDiffusionPipeline):
             raise InvalidArgumentError("callback must be callable: callback(step, timestep, latents)")
         if window_callback is not None and not callable(window_callback):
             raise InvalidArgumentError("window_callback must be callable: window_callback(window_start, timestep)")
+        if p.long_video == "fifo":
+            return self._fifo(p, scheduler, callback, window_callback, timings)
         batch = len(p.prompts) * p.n
         sched = self.make_scheduler(scheduler)
         sched.manual_seed(p.seed ^ 0x5EED)
@@ -171,6 +175,93 @@ class TextToVideoPipeline(StableDiffusionPipeline):
         timings["loop_overhead"] = max(loop - unet_time[0], 0.0)
         return x
 
+    # ------------------------------------------------------------------ FIFO-Diffusion
+    def fifo_coefficients(self, sched) -> tuple[np.ndarray, dict[str, list[float]]]:
+        """(slot timesteps [L], DDIM coefficients per slot) for a queue of L = len(timesteps) slots.
+
+        Slot j holds timestep ts[L-1-j] (slot 0 the least noisy); its DDIM update goes to the next
+        lower timestep of the schedule, slot 0 to the clean frame (final alphā, as diffusers' DDIM)."""
+        cfg = sched.config
+        if str(cfg.get("prediction_type") or "epsilon") != "epsilon":
+            raise UnsupportedError("long_video='fifo' supports epsilon-prediction engines only")
+        n = int(cfg.get("num_train_timesteps", 1000))
+        b0, b1 = float(cfg.get("beta_start", 0.0001)), float(cfg.get("beta_end", 0.02))
+        kind = cfg.get("beta_schedule", "linear")
+        if kind == "linear":
+            betas = np.linspace(b0, b1, n, dtype=np.float32)
+        elif kind == "scaled_linear":
+            betas = np.linspace(b0 ** 0.5, b1 ** 0.5, n, dtype=np.float32) ** 2
+        else:
+            raise UnsupportedError(f"long_video='fifo' does not support beta_schedule {kind!r}")
+        ac = np.cumprod(1.0 - betas.astype(np.float64)).astype(np.float32)
+        final = np.float32(1.0) if cfg.get("set_alpha_to_one", True) else ac[0]
+        ts = np.asarray(sched.timesteps).astype(np.int64)[::-1]  # ascending: slot j -> ts[j]
+        a = ac[ts]
+        a_prev = np.concatenate([[final], a[:-1]]).astype(np.float32)
+        coef = {"sqrt_a": np.sqrt(a).tolist(), "sqrt_1ma": np.sqrt(np.float32(1) - a).tolist(),
+                "sqrt_a_prev": np.sqrt(a_prev).tolist(), "sqrt_1ma_prev": np.sqrt(np.float32(1) - a_prev).tolist()}
+        return ts.astype(np.float32), coef
+
+    def _fifo(self, p: _Plan, scheduler, callback, window_callback, timings) -> np.ndarray:
+        """FIFO-Diffusion (Kim et al. 2024) without latent partitioning: a queue of L =
+        num_inference_steps latent frames at increasing noise. The queue starts as a clip of L frames
+        generated normally and noised diagonally (slot j to timestep ts[j]); each iteration the
+        per-frame-timestep UNet (``unet_fifo``, in partitions of ``context_length`` frames) and one
+        DDIM step per slot move every frame one level down, the clean head frame is emitted and
+        fresh noise (Philox, seed ^ 0xF1F0, offset = index * frame size) enters at the tail."""
+        if not self.manifest.has("unet_fifo"):
+            raise UnsupportedError("this engine has no per-frame-timestep UNet (unet_fifo): re-export it to use "
+                                   "long_video='fifo'")
+        if callback is not None:
+            raise InvalidArgumentError("callback= is not supported with long_video='fifo' (use window_callback)")
+        if p.latents is not None:
+            raise InvalidArgumentError("latents= is not supported with long_video='fifo' (the queue draws its noise "
+                                       "from seed)")
+        sched = self.make_scheduler(scheduler)
+        sched.set_timesteps(p.steps)
+        slot_t, coef = self.fifo_coefficients(sched)
+        L = len(slot_t)
+        if L < 1:
+            raise InvalidArgumentError("long_video='fifo' needs num_inference_steps >= 1")
+        batch = len(p.prompts) * p.n
+        lh, lw = p.height // self.vae_scale_factor, p.width // self.vae_scale_factor
+        # 1. the first clip: L frames denoised as usual (context windows when L > context_length)
+        clip_plan = _Plan(**{**p.__dict__, "frames": L, "long_video": "context",
+                             "stride": min(p.stride, min(L, p.context_length))})
+        clip = self._denoise(clip_plan, scheduler, None, None, timings)
+        # 2. diagonal noise: slot j at timestep slot_t[j]
+        noise = randn((batch, self.latent_channels, L, lh, lw), p.seed ^ 0xD1A6)
+        sa = np.asarray(coef["sqrt_a"], np.float32)[None, None, :, None, None]
+        sb = np.asarray(coef["sqrt_1ma"], np.float32)[None, None, :, None, None]
+        queue = (sa * clip + sb * noise).astype(np.float32)
+        cfg = self.uses_cfg(p.guidance)
+        ehs = self.encode_prompt(p.prompts, p.negatives, p.n, cfg, {}).arrays["encoder_hidden_states"]
+        net = self.session("unet_fifo")
+        ctx = min(L, p.context_length)
+        out = np.empty((batch, self.latent_channels, p.frames, lh, lw), np.float32)
+        frame_size = batch * self.latent_channels * lh * lw
+        unet_time = [0.0]
+
+        def denoise(xin: np.ndarray, start: int) -> np.ndarray:
+            t1 = time.perf_counter()
+            ts = np.ascontiguousarray(np.broadcast_to(slot_t[start:start + ctx], (xin.shape[0], ctx)))
+            r = net.run({"sample": xin, "timestep": ts, "encoder_hidden_states": ehs}, ["noise_pred"])["noise_pred"]
+            unet_time[0] += time.perf_counter() - t1
+            if window_callback is not None:
+                window_callback(int(start), float(slot_t[start]))
+            return r if r.dtype == np.float32 else r.astype(np.float32)
+
+        def exchange(i: int, head: np.ndarray) -> np.ndarray:
+            out[:, :, i] = head
+            return randn((batch, self.latent_channels, lh, lw), p.seed ^ 0xF1F0, offset=i * frame_size)
+
+        t0 = time.perf_counter()
+        _core.fifo_sample_loop(queue, denoise, exchange, p.frames, ctx, coef["sqrt_a"], coef["sqrt_1ma"],
+                               coef["sqrt_a_prev"], coef["sqrt_1ma_prev"], p.guidance if cfg else 1.0, p.rescale)
+        timings["fifo"] = time.perf_counter() - t0
+        timings["denoise"] = timings.get("denoise", 0.0) + unet_time[0]
+        return out
+
     def _decode_iter(self, latents: np.ndarray, chunk: int, timings: dict) -> Iterator[np.ndarray]:
         """Frames (H, W, 3) float32 in [0, 1], video after video, through the core's FrameRing."""
         b, c, f = latents.shape[:3]
@@ -199,11 +290,12 @@ class TextToVideoPipeline(StableDiffusionPipeline):
     def __call__(self, prompt, num_frames=16, num_inference_steps=None, guidance_scale=None, height=None, width=None,
                  seed=0, latents=None, output_type="np", context_length=None, context_stride=4, decode_chunk_size=8,
                  negative_prompt=None, callback=None, *, num_videos_per_prompt=1, scheduler=None, guidance_rescale=0.0,
-                 eta=0.0, context_weighting="pyramid", window_callback=None) -> VideoOutput:
+                 eta=0.0, context_weighting="pyramid", window_callback=None, long_video=None) -> VideoOutput:
         """Generate ``num_frames`` frames per prompt; see the module docstring for the long-video options.
 
         ``callback(step, t, latents)`` runs after each denoising step (False stops early);
         ``window_callback(window_start, t)`` after each context window's UNet call.
+        ``long_video="fifo"``: FIFO-Diffusion diagonal denoising (see ``_fifo``); default: context windows.
         """
         if output_type not in VIDEO_OUTPUT_TYPES:
             raise InvalidArgumentError(f"output_type must be one of {VIDEO_OUTPUT_TYPES}, got {output_type!r}")
@@ -212,6 +304,7 @@ class TextToVideoPipeline(StableDiffusionPipeline):
         p = self._plan(prompt, num_frames, num_inference_steps, guidance_scale, height, width, seed, latents,
                        context_length, context_stride, decode_chunk_size, negative_prompt, num_videos_per_prompt,
                        guidance_rescale, eta, context_weighting)
+        p.long_video = _long_video(long_video)
         x = self._denoise(p, scheduler, callback, window_callback, timings)
         if output_type == "latent":
             frames: Any = x
@@ -226,7 +319,7 @@ class TextToVideoPipeline(StableDiffusionPipeline):
     def iter_frames(self, prompt, num_frames=16, num_inference_steps=None, guidance_scale=None, height=None,
                     width=None, seed=0, latents=None, context_length=None, context_stride=4, decode_chunk_size=8,
                     negative_prompt=None, callback=None, *, scheduler=None, guidance_rescale=0.0, eta=0.0,
-                    context_weighting="pyramid", window_callback=None) -> Iterator[np.ndarray]:
+                    context_weighting="pyramid", window_callback=None, long_video=None) -> Iterator[np.ndarray]:
         """Denoise (on the first ``next()``), then yield the decoded frames (H, W, 3) float32 one at a
         time; at most ``decode_chunk_size`` decoded frames are held. One prompt (one video)."""
         if not isinstance(prompt, str):
@@ -234,6 +327,7 @@ class TextToVideoPipeline(StableDiffusionPipeline):
         p = self._plan(prompt, num_frames, num_inference_steps, guidance_scale, height, width, seed, latents,
                        context_length, context_stride, decode_chunk_size, negative_prompt, 1, guidance_rescale,
                        eta, context_weighting)
+        p.long_video = _long_video(long_video)
 
         def gen():
             timings: dict[str, float] = {}
@@ -249,6 +343,14 @@ class TextToVideoPipeline(StableDiffusionPipeline):
         if frames <= ctx:
             return 1
         return len(_core.context_windows(frames, ctx, int(context_stride)))
+
+
+def _long_video(mode) -> str:
+    if mode is None:
+        return "context"
+    if mode not in LONG_VIDEO_MODES:
+        raise InvalidArgumentError(f"long_video must be one of {LONG_VIDEO_MODES} or None, got {mode!r}")
+    return mode
 
 
 def pipeline_for_video(manifest) -> type:
