@@ -1,0 +1,217 @@
+"""The models the benchmarks run: built from config classes with random weights, saved, exported, cached.
+
+Each model is a pair (diffusers / transformers source folder, fastgen engine dir). Both live under a
+cache directory (``--cache``, default ``~/.cache/fastgen-bench``) keyed by a hash of the config, so a
+rerun reuses them; an interrupted build leaves no valid-looking folder (a ``.done`` marker is written last).
+
+Diffusion models:
+
+``tiny``  fastgen_export.testing's tiny "sd" pipeline (CLIP 2x32, UNet (32, 64), VAE factor 4).
+``sd15``  The SD 1.5 architecture at full width with random weights: UNet2DConditionModel with SD 1.5's
+          config (block_out_channels (320, 640, 1280, 1280), layers_per_block 2, cross_attention_dim 768,
+          attention_head_dim 8, 3 CrossAttnDownBlock2D + DownBlock2D, ...: 860 M parameters), a CLIP
+          ViT-L/14 text encoder config (hidden 768, 12 layers, 12 heads, MLP 3072, quick_gelu, 77
+          positions, vocab 49408: 123 M parameters), and SD's AutoencoderKL (block_out_channels
+          (128, 256, 512, 512), 2 layers per block, factor 8). The tokenizer is fastgen's tiny BPE
+          (whole-word vocabulary; its ids are a subset of the 49408 embeddings) since no download is
+          possible here; token count per prompt is what matters for cost and it always pads to 77.
+``demo``  the shipped demo engine (``Pipeline.load("demo")``) with its diffusers folder (``--demo-src``).
+
+Captioners (as tests/test_caption.py builds them, word-level tokenizers):
+
+``vit-gpt2-tiny`` / ``blip-tiny``  hidden 32, 2 layers, 32x32 images.
+``vit-gpt2-base``  ViT-B/16 encoder at 224x224 (768, 12 layers) + GPT-2 base decoder (768, 12 layers,
+                   12 heads, vocab 50257: the tokenizer is padded to GPT-2's vocabulary size so the LM
+                   head has its real cost) with cross-attention: nlpconnect/vit-gpt2-image-captioning's shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "fastgen-bench")
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
+    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+)
+CLIP_VIT_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                       num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+              block_out_channels=[128, 256, 512, 512], sample_size=512,
+              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+
+DIFFUSION_MODELS = {
+    "tiny": {"kind": "sd", "vae_scale_factor": 4, "overrides": {}, "latent": 16,
+             "description": "fastgen_export.testing tiny 'sd' (CLIP 2x32, UNet (32, 64), VAE factor 4)"},
+    "sd15": {"kind": "sd", "vae_scale_factor": 8,
+             "overrides": {"unet": SD15_UNET, "text_encoder": CLIP_VIT_L_TEXT, "vae": SD_VAE}, "latent": 32,
+             "description": "SD 1.5 architecture, random weights: SD 1.5 UNet config (860M params), "
+                            "CLIP ViT-L/14 text config (12 layers, 768), SD VAE (factor 8)"},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _key(spec) -> str:
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _done(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ".bench-done"))
+
+
+def _mark(path: str) -> None:
+    with open(os.path.join(path, ".bench-done"), "w") as f:
+        f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def diffusion_model(name: str, cache: str = DEFAULT_CACHE, *, demo_src: str | None = None) -> dict:
+    """{'name', 'src', 'engine', 'latent', 'vae_scale_factor', 'description'} or {'skipped': reason}."""
+    if name == "demo":
+        return demo_model(demo_src)
+    spec = DIFFUSION_MODELS[name]
+    root = os.path.join(cache, f"{name}-{_key(spec)}")
+    src, eng = os.path.join(root, "src"), os.path.join(root, "engine")
+    info = {"name": name, "src": src, "engine": eng, "latent": spec["latent"],
+            "vae_scale_factor": spec["vae_scale_factor"], "description": spec["description"]}
+    if _done(root):
+        return info
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    from fastgen_export.api import export
+    from fastgen_export.testing import build_tiny_pipeline
+
+    t0 = time.perf_counter()
+    log(f"building {name} ({spec['description']}) in {root}")
+    build_tiny_pipeline(spec["kind"], src, vae_scale_factor=spec["vae_scale_factor"], **spec["overrides"])
+    t1 = time.perf_counter()
+    log(f"exporting {name} (built in {t1 - t0:.0f}s)")
+    export(src, eng, log=None if name == "tiny" else log)
+    info["build_s"], info["export_s"] = t1 - t0, time.perf_counter() - t1
+    with open(os.path.join(root, "build.json"), "w") as f:
+        json.dump({k: info[k] for k in ("build_s", "export_s")}, f)
+    _mark(root)
+    return info
+
+
+def demo_model(demo_src: str | None) -> dict:
+    """The shipped demo engine and its diffusers folder, or a 'skipped' record saying what is missing."""
+    from fastgen.pipelines.base import _demo_dir
+
+    eng = _demo_dir()
+    if not os.path.isfile(os.path.join(eng, "fastgen.json")):
+        return {"name": "demo", "skipped": f"not run: the demo engine is not installed ({eng} missing)"}
+    if demo_src is None and os.path.isfile("/work/demo_train/model_index.json"):
+        demo_src = "/work/demo_train"
+    if not demo_src or not os.path.isfile(os.path.join(demo_src, "model_index.json")):
+        return {"name": "demo", "skipped": "not run: no diffusers source folder for the demo model (--demo-src DIR)"}
+    with open(os.path.join(eng, "fastgen.json")) as f:
+        man = json.load(f)
+    cfg = man.get("config", {})
+    f = int(cfg.get("vae_scale_factor", 8))
+    h = int(cfg.get("default_height", 64 * f))
+    return {"name": "demo", "src": os.path.abspath(demo_src), "engine": eng, "latent": h // f,
+            "vae_scale_factor": f, "description": f"shipped demo engine ({eng}), source {demo_src}"}
+
+
+# ------------------------------------------------------------------------------------ captioners
+
+CAPTION_WORDS = "a photo of cat dog on the grass two sitting red blue car street man woman with table and in".split()
+
+CAPTIONERS = {
+    "vit-gpt2-tiny": {"family": "vit-gpt2", "enc": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                         intermediate_size=37, image_size=32, patch_size=8),
+                      "dec": dict(n_positions=64, n_embd=24, n_layer=2, n_head=2), "vocab": None,
+                      "description": "ViT 2x32 @32px + GPT-2 2x24, word-level vocab of 23"},
+    "blip-tiny": {"family": "blip", "text": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                  intermediate_size=37, max_position_embeddings=64),
+                  "vision": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                                 image_size=32, patch_size=8), "vocab": None,
+                  "description": "BLIP vision 2x32 @32px + text decoder 2x32"},
+    "vit-gpt2-base": {"family": "vit-gpt2", "enc": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                                         intermediate_size=3072, image_size=224, patch_size=16),
+                      "dec": dict(n_positions=1024, n_embd=768, n_layer=12, n_head=12), "vocab": 50257,
+                      "description": "ViT-B/16 @224px + GPT-2 base (12x768, vocab 50257), random weights "
+                                     "(nlpconnect/vit-gpt2-image-captioning's shape)"},
+}
+
+
+def _wordlevel(specials, size):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = list(CAPTION_WORDS)
+    if size:
+        words += [f"w{i}" for i in range(size - len(specials) - len(words))]
+    vocab = {t: i for i, t in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok, vocab
+
+
+def _build_vit_gpt2(folder, spec):
+    import torch
+    from transformers import (GPT2Config, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil,
+                              VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
+
+    torch.manual_seed(0)
+    tok, vocab = _wordlevel(["<|endoftext|>", "<unk>", "<pad>"], spec["vocab"])
+    enc = ViTConfig(**spec["enc"])
+    dec = GPT2Config(vocab_size=len(vocab), add_cross_attention=True, is_decoder=True, bos_token_id=0,
+                     eos_token_id=0, pad_token_id=2, **spec["dec"])
+    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id = 0, 0, 2
+    model = VisionEncoderDecoderModel(config=cfg).eval()
+    g = model.generation_config
+    g.decoder_start_token_id, g.eos_token_id, g.pad_token_id = 0, 0, 2
+    model.save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                            unk_token="<unk>", pad_token="<pad>").save_pretrained(folder)
+    size = spec["enc"]["image_size"]
+    ViTImageProcessorPil(size={"height": size, "width": size}).save_pretrained(folder)
+
+
+def _build_blip(folder, spec):
+    import torch
+    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
+                              BlipTextConfig, BlipVisionConfig)
+
+    torch.manual_seed(0)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    _, vocab = _wordlevel(specials, spec["vocab"])
+    tc = BlipTextConfig(vocab_size=len(vocab), bos_token_id=5, sep_token_id=3, pad_token_id=0, eos_token_id=3,
+                        **spec["text"])
+    vc = BlipVisionConfig(**spec["vision"])
+    model = BlipForConditionalGeneration(BlipConfig(text_config=tc.to_dict(), vision_config=vc.to_dict())).eval()
+    model.save_pretrained(folder)
+    BertTokenizerFast(vocab=vocab, bos_token="[DEC]").save_pretrained(folder)
+    size = spec["vision"]["image_size"]
+    BlipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(folder)
+
+
+def captioner(name: str, cache: str = DEFAULT_CACHE) -> dict:
+    spec = CAPTIONERS[name]
+    root = os.path.join(cache, f"cap-{name}-{_key(spec)}")
+    src, eng = os.path.join(root, "src"), os.path.join(root, "engine")
+    info = {"name": name, "family": spec["family"], "src": src, "engine": eng, "description": spec["description"]}
+    if _done(root):
+        return info
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(src)
+    from fastgen_export.api import export
+
+    log(f"building captioner {name} in {root}")
+    (_build_vit_gpt2 if spec["family"] == "vit-gpt2" else _build_blip)(src, spec)
+    export(src, eng, log=None if "tiny" in name else log)
+    _mark(root)
+    return info

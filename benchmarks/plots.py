@@ -1,0 +1,143 @@
+"""One PNG per figure, from the JSON records run_all.py writes (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+COLORS = {"diffusers": "#d9822b", "transformers": "#d9822b", "fastgen": "#2b7bd9"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def e2e(records: list[dict], path: str) -> str | None:
+    """Stacked bars of the stages, seconds per image, per model and framework (min run)."""
+    recs = [r for r in records if "fastgen" in r]
+    if not recs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(recs), figsize=(4.2 * len(recs), 4), squeeze=False)
+    stages = ("text_encode", "unet", "vae_decode", "loop_overhead")
+    shades = ("#7f7f7f", "#4c72b0", "#55a868", "#c44e52")
+    for ax, r in zip(axes[0], recs):
+        for i, fw in enumerate(("diffusers", "fastgen")):
+            bottom = 0.0
+            for s, c in zip(stages, shades):
+                v = r[fw]["min"][s]
+                ax.bar(i, v, 0.6, bottom=bottom, color=c, label=s if i == 0 else None)
+                bottom += v
+            ax.text(i, bottom, f"{r[fw]['min']['total']:.2f}s", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks([0, 1], ["diffusers\n(torch)", "fastgen\n(ORT)"])
+        ax.set_title(f"{r['model']}: {r['steps']} steps, {r['image_size']}px\nx{r['speedup_total']:.1f} faster",
+                     fontsize=9)
+        ax.set_ylabel("seconds per image")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("End-to-end text-to-image, CPU, stage breakdown (min of repeats)", fontsize=10)
+    return _save(fig, path)
+
+
+def grouped(records: list[dict], path: str, *, xkey: str, ykey: str, ylabel: str, title: str, xlabel: str):
+    recs = [r for r in records if r.get("rows")]
+    if not recs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(recs), figsize=(4.2 * len(recs), 3.8), squeeze=False)
+    for ax, r in zip(axes[0], recs):
+        xs = sorted({row[xkey] for row in r["rows"]})
+        x = np.arange(len(xs))
+        for j, fw in enumerate(("diffusers", "fastgen")):
+            ys = [next(row[ykey] for row in r["rows"] if row[xkey] == v and row["framework"] == fw) for v in xs]
+            ax.bar(x + (j - 0.5) * 0.4, ys, 0.4, color=COLORS[fw], label=fw)
+        ax.set_xticks(x, [str(v) for v in xs])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{r['model']} ({r['steps']} steps, {r['image_size']}px)", fontsize=9)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def cold_memory(imports: dict | None, cold: list[dict], mem: list[dict], path: str) -> str | None:
+    cold = [c for c in cold if c.get("rows")]
+    mem = [m for m in mem if m.get("rows")]
+    if not cold and not imports:
+        return None
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    labels, vals = [], {"diffusers": [], "fastgen": []}
+    if imports and imports.get("rows"):
+        labels.append("import")
+        for fw in vals:
+            vals[fw].append(imports["rows"][fw]["import_s"]["min"])
+    for c in cold:
+        labels.append(f"first image\n{c['model']}")
+        for fw in vals:
+            vals[fw].append(c["rows"][fw]["spawn_to_end_s"]["min"])
+    x = np.arange(len(labels))
+    for j, fw in enumerate(vals):
+        a1.bar(x + (j - 0.5) * 0.4, vals[fw], 0.4, color=COLORS[fw], label=fw)
+    a1.set_xticks(x, labels, fontsize=8)
+    a1.set_ylabel("seconds (new process)")
+    a1.set_title("Cold start: import; spawn to first image", fontsize=9)
+    a1.legend(fontsize=8)
+    labels = [m["model"] for m in mem]
+    x = np.arange(len(labels))
+    for j, fw in enumerate(("diffusers", "fastgen")):
+        a2.bar(x + (j - 0.5) * 0.4, [m["rows"][fw]["peak_rss_mb"]["min"] / 1024 for m in mem], 0.4,
+               color=COLORS[fw], label=fw)
+    a2.set_xticks(x, labels)
+    a2.set_ylabel("peak RSS, GiB")
+    a2.set_title("Peak resident memory of a generating process", fontsize=9)
+    return _save(fig, path)
+
+
+def captioning(records: list[dict], path: str) -> str | None:
+    recs = [r for r in records if r.get("rows")]
+    if not recs:
+        return None
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    labels = [f"{r['model']}\nbeams={row['num_beams']}" for r in recs for row in r["rows"]]
+    rows = [row for r in recs for row in r["rows"]]
+    x = np.arange(len(rows))
+    for j, (fw, key) in enumerate((("transformers", "transformers"), ("fastgen", "fastgen"))):
+        a1.bar(x + (j - 0.5) * 0.4, [row[f"{key}_captions_per_s"] for row in rows], 0.4, color=COLORS[fw], label=fw)
+        a2.bar(x + (j - 0.5) * 0.4, [row[f"{key}_ms_per_token"] for row in rows], 0.4, color=COLORS[fw], label=fw)
+    for a, yl in ((a1, "captions / s"), (a2, "ms per generated token (batch)")):
+        a.set_xticks(x, labels, fontsize=7)
+        a.set_ylabel(yl)
+        a.set_yscale("log")
+    a1.legend(fontsize=8)
+    a1.set_title("Captioning throughput", fontsize=9)
+    a2.set_title("Per-token latency", fontsize=9)
+    return _save(fig, path)
+
+
+def all_figures(out: str, results: dict) -> list[str]:
+    made = []
+    made.append(e2e(results.get("e2e", {}).get("models", []), os.path.join(out, "e2e.png")))
+    made.append(grouped(results.get("throughput", {}).get("models", []), os.path.join(out, "throughput.png"),
+                        xkey="callers", ykey="images_per_s", ylabel="images / s", xlabel="concurrent callers",
+                        title="Service throughput: concurrent callers on one pipeline"))
+    made.append(grouped(results.get("batch_scaling", {}).get("models", []), os.path.join(out, "batch_scaling.png"),
+                        xkey="num_images_per_prompt", ykey="s_per_image", ylabel="seconds per image",
+                        xlabel="num_images_per_prompt", title="Batch scaling"))
+    made.append(cold_memory(results.get("import_time"), results.get("cold_start", {}).get("models", []),
+                            results.get("memory", {}).get("models", []), os.path.join(out, "cold_start_memory.png")))
+    made.append(captioning(results.get("captioning", {}).get("models", []), os.path.join(out, "captioning.png")))
+    return [m for m in made if m]

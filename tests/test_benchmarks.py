@@ -1,0 +1,113 @@
+"""Smoke test of benchmarks/run_all.py: --quick on the tiny model only, one repeat, 2 steps.
+
+Checks that every benchmark writes its JSON with the expected schema and that the figures exist. No
+timing thresholds: the numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("matplotlib")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_ALL = os.path.join(ROOT, "benchmarks", "run_all.py")
+STAGES = ("text_encode", "unet", "vae_decode", "loop_overhead", "total")
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+
+
+@pytest.mark.slow
+def test_run_all_quick_tiny(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, RUN_ALL, "--quick", "--out", str(out), "--cache", str(tmp_path / "cache"),
+           "--models", "tiny", "--captioners", "vit-gpt2-tiny", "--repeat", "1", "--steps", "2"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    def load(name):
+        with open(out / f"{name}.json") as f:
+            d = json.load(f)
+        assert d["benchmark"] == name
+        assert "date" in d["environment"] and "numpy" in d["environment"]
+        assert "error" not in d, d.get("error")
+        return d
+
+    gpu = load("gpu")
+    assert gpu["device"] == "cpu" and isinstance(gpu["cuda_available"], bool)
+    assert gpu["status"].startswith("not run")
+
+    lo = load("loop_overhead")
+    assert lo["rows"] and all(_num(r["fastgen_us_per_step"]) and _num(r["speedup"]) for r in lo["rows"])
+
+    (e2e,) = load("e2e")["models"]
+    assert e2e["model"] == "tiny" and e2e["steps"] == 2
+    for fw in ("fastgen", "diffusers"):
+        for agg in ("min", "median"):
+            assert all(_num(e2e[fw][agg][k]) for k in STAGES), (fw, agg)
+    assert _num(e2e["speedup_total"])
+    assert set(e2e["speedup_by_stage"]) == {"text_encode", "unet", "vae_decode", "loop_overhead"}
+
+    cold = load("cold_start")
+    for fw in ("fastgen", "diffusers"):
+        assert _num(cold["import"]["rows"][fw]["import_s"]["min"])
+    assert cold["import"]["rows"]["fastgen"]["torch_loaded"] is False
+    (c,) = cold["models"]
+    for fw in ("fastgen", "diffusers"):
+        assert all(_num(c["rows"][fw][k]["min"]) for k in ("spawn_to_end_s", "import_s", "load_s", "first_call_s"))
+    assert c["rows"]["fastgen"]["torch_loaded"] is False and c["rows"]["diffusers"]["torch_loaded"] is True
+
+    (m,) = load("memory")["models"]
+    assert all(m["rows"][fw]["peak_rss_mb"]["min"] > 0 for fw in ("fastgen", "diffusers"))
+    assert _num(m["ratio_peak_rss"])
+
+    (tp,) = load("throughput")["models"]
+    assert {(r["framework"], r["callers"]) for r in tp["rows"]} == {(f, c) for f in ("fastgen", "diffusers")
+                                                                     for c in (1, 2, 4)}
+    assert all(r["images_per_s"] > 0 for r in tp["rows"])
+
+    (bs,) = load("batch_scaling")["models"]
+    assert {(r["framework"], r["num_images_per_prompt"]) for r in bs["rows"]} == {
+        (f, n) for f in ("fastgen", "diffusers") for n in (1, 2, 4)}
+    assert all(_num(r["s_per_image"]) for r in bs["rows"])
+
+    (cap,) = load("captioning")["models"]
+    assert cap["model"] == "vit-gpt2-tiny"
+    assert [r["num_beams"] for r in cap["rows"]] == [1, 3]
+    for r in cap["rows"]:
+        assert _num(r["fastgen_captions_per_s"]) and _num(r["transformers_ms_per_token"])
+        assert r["same_token_ids"] is True
+
+    for png in ("loop_overhead", "e2e", "throughput", "batch_scaling", "cold_start_memory", "captioning"):
+        assert (out / f"{png}.png").stat().st_size > 1000, png
+
+
+def test_run_all_cuda_without_gpu_says_not_run(tmp_path):
+    """--device cuda on a machine without CUDA writes 'not run' records, never numbers."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from runners import cuda_available
+    finally:
+        sys.path.pop(0)
+    if cuda_available():
+        pytest.skip("this machine has a CUDA device")
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, RUN_ALL, "--out", str(out), "--device", "cuda", "--only", "e2e,captioning"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for name in ("gpu", "e2e", "captioning"):
+        with open(out / f"{name}.json") as f:
+            d = json.load(f)
+        assert d["status"] == "not run: no CUDA device"
+        assert "models" not in d
