@@ -464,3 +464,101 @@ def test_uvicorn_load_all_answered_and_batched(eng):
         server.should_exit = True
         th.join(30)
     assert not th.is_alive()
+
+
+class FakeVideo:
+    """A stand-in text-to-video pipeline (the real one is checked in test_video.py): frames from the seed."""
+
+    kind = "text2video"
+    engine_dir = "fake-video"
+    default_steps = 2
+
+    def __call__(self, prompt, seed=0, output_type="np", callback=None, num_frames=4, num_inference_steps=2,
+                 height=16, width=24, **kw):
+        if kw:
+            raise fastgen.InvalidArgumentError(f"unexpected {sorted(kw)}")
+        for i in range(num_inference_steps):
+            if callback is not None and callback(i, 0.0, None) is False:
+                raise fastgen.CancelledError("cancelled")
+        frames = np.clip(fastgen.randn((1, num_frames, height, width, 3), seed) * 0.2 + 0.5, 0, 1)
+        return type("VideoOutput", (), {"frames": frames.astype(np.float32), "seed": seed, "timings": {}})()
+
+
+def test_video_jobs():
+    """POST /v1/videos: an async job whose frames are the video pipeline's; bad arguments fail the job."""
+    from starlette.testclient import TestClient
+
+    def wait(c, jid):
+        for _ in range(300):
+            job = c.get(f"/v1/jobs/{jid}").json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.02)
+        raise AssertionError(job)
+
+    app = create_app({"vid": FakeVideo()}, warmup=False)
+    with TestClient(app) as c:
+        r = c.post("/v1/videos", json={"prompt": "a cat", "num_frames": 3, "steps": 2, "seed": 3})
+        assert r.status_code == 202, r.text
+        job = wait(c, r.json()["id"])
+        assert job["status"] == "succeeded", job
+        assert c.post("/v1/videos", json={"prompt": "x", "fps": 3}).status_code == 400
+        assert c.post("/v1/videos", json={"prompt": "x", "num_frames": "many"}).status_code == 400
+        assert c.post("/v1/generate", json={"prompt": "x", "model": "vid"}).status_code == 400
+        bad_job = wait(c, c.post("/v1/videos", json={"prompt": "x", "eta": 0.5}).json()["id"])
+        assert bad_job["status"] == "failed" and bad_job["error"]["type"] == "invalid_request_error"
+    want = FakeVideo()("a cat", seed=3, num_frames=3).frames[0]
+    assert job["result"]["num_frames"] == 3 and job["result"]["seed"] == 3
+    for got, w in zip(job["result"]["frames"], imgproc_to_pil(want)):
+        np.testing.assert_array_equal(png_pixels(got), np.asarray(w))
+
+
+def imgproc_to_pil(frames):
+    from fastgen.image import to_pil
+
+    return to_pil(frames)
+
+
+@pytest.mark.slow
+def test_ray_serve_two_replicas(eng, pipe):
+    """Ray Serve on a local instance (loopback only, CPU): 2 replicas, the same API, @serve.batch batching."""
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    import socket
+
+    from fastgen.serve.ray import build_app
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"sd": eng}, replicas=2, max_batch=4, max_wait_ms=50), name="fastgen", route_prefix="/")
+
+        async def go():
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+                for _ in range(300):
+                    r = await c.get("/readyz")
+                    if r.status_code == 200:
+                        break
+                    await asyncio.sleep(0.1)
+                rs = await asyncio.gather(*[c.post("/v1/generate", json={"prompt": "a cat", "seed": i,
+                                                                         "steps": STEPS}) for i in range(12)])
+                bad_r = await c.post("/v1/generate", json={"prompt": 5})
+                return r, rs, bad_r
+
+        ready, rs, bad_r = asyncio.run(go())
+        assert ready.status_code == 200
+        assert [r.status_code for r in rs] == [200] * 12
+        assert max(r.json()["batch"] for r in rs) > 1  # @serve.batch merged requests
+        for i in (0, 7):
+            np.testing.assert_array_equal(png_pixels(rs[i].json()["data"][0]["b64_json"]),
+                                          reference(pipe, "a cat", i)[0])
+        assert bad_r.status_code == 400 and bad_r.json()["error"]["type"] == "invalid_request_error"
+        st = serve.status().applications["fastgen"].deployments["FastgenDeployment"]
+        assert st.replica_states.get("RUNNING") == 2
+    finally:
+        serve.shutdown()
+        ray.shutdown()

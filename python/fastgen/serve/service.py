@@ -283,9 +283,9 @@ class Service:
         self.batching = bool(batching)
         self.metrics = Metrics(max_batch)
         self.jobs = Jobs()
-        self.batcher = Batcher(self._run_batch, max_batch=max_batch if batching else 1,
-                               max_wait_s=max_wait_ms / 1000.0 if batching else 0.0, max_queue=max_queue,
-                               workers=workers, on_batch=self._on_batch, on_depth=self._on_depth)
+        self.max_batch = int(max_batch) if batching else 1
+        self.max_wait_ms, self.max_queue, self.workers = float(max_wait_ms), int(max_queue), int(workers)
+        self.batcher = self._make_batcher()
         for name in self.engines:
             self.metrics.queue_depth.set(0, engine=name)
         self.ready = threading.Event()
@@ -295,6 +295,11 @@ class Service:
             threading.Thread(target=self._warmup, name="fastgen-serve-warmup", daemon=True).start()
         else:
             self.ready.set()
+
+    def _make_batcher(self):
+        return Batcher(self._run_batch, max_batch=self.max_batch,
+                       max_wait_s=self.max_wait_ms / 1000.0 if self.batching else 0.0, max_queue=self.max_queue,
+                       workers=self.workers, on_batch=self._on_batch, on_depth=self._on_depth)
 
     # ------------------------------------------------------------------ lifecycle
     def _warmup(self) -> None:
@@ -508,7 +513,22 @@ class Service:
         if not isinstance(body, dict):
             raise bad("the request body must be a JSON object")
         eng = self.engine(body, "video")
-        args = {k: v for k, v in body.items() if k not in ("model", "engine", "async")}
+        allowed = {"prompt", "negative_prompt", "num_frames", "num_inference_steps", "steps", "guidance_scale",
+                   "guidance", "height", "width", "seed", "scheduler", "context_length", "context_stride",
+                   "decode_chunk_size", "guidance_rescale", "eta", "context_weighting"}
+        unknown = sorted(set(body) - allowed - {"model", "engine", "async"})
+        if unknown:
+            raise bad(f"unknown field(s): {', '.join(unknown)}")
+        args = {k: v for k, v in body.items() if k in allowed and v is not None}
+        for a, b in (("steps", "num_inference_steps"), ("guidance", "guidance_scale")):
+            if a in args:
+                if b in args:
+                    raise bad(f"give only one of {a}, {b}")
+                args[b] = args.pop(a)
+        if "num_inference_steps" in args:
+            args["num_inference_steps"] = _int("steps", args["num_inference_steps"], 1, self.max_steps)
+        if "num_frames" in args:
+            args["num_frames"] = _int("num_frames", args["num_frames"], 1, 1024)
         seed = args.pop("seed", None)
         seed = (int.from_bytes(os.urandom(8), "little") >> 1) if seed is None else _int("seed", seed, 0, 2**63 - 1)
         p = {"mode": "video", "prompt": _str("prompt", args.pop("prompt", None), required=True), "seed": seed,
@@ -637,11 +657,18 @@ class Service:
     def _execute_video(self, eng: Engine, works: list[Work]) -> list:
         (w,) = works
         p = w.params
-        out = eng.pipe(p["prompt"], seed=p["seed"], output_type="np", callback=self._callback(works, 0), **p["args"])
-        frames = np.asarray(out.images)
-        if frames.ndim == 5:  # [batch, frames, H, W, C]
+        steps = p["args"].get("num_inference_steps") or getattr(eng.pipe, "default_steps", 0)
+        out = eng.pipe(p["prompt"], seed=p["seed"], output_type="np", callback=self._callback(works, steps),
+                       **p["args"])
+        frames = getattr(out, "frames", None)
+        frames = np.asarray(out.images if frames is None else frames)
+        if frames.ndim == 5:  # (batch, frames, H, W, 3): one video per job
             frames = frames[0]
-        return [{"frames": [encode_png(im) for im in imgproc.to_pil(frames)], "seed": p["seed"]}]
+        for st, v in (getattr(out, "timings", None) or {}).items():
+            if st in ("text_encode", "denoise", "vae_decode"):
+                self.metrics.stage.observe(v, engine=eng.name, stage=st)
+        return [{"frames": [encode_png(im) for im in imgproc.to_pil(frames)], "seed": p["seed"],
+                 "num_frames": int(frames.shape[0])}]
 
     # ------------------------------------------------------------------ answers
     @staticmethod

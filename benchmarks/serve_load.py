@@ -1,0 +1,201 @@
+"""Load test of `fastgen serve`: 1, 4, 16 concurrent clients, dynamic batching on vs off.
+
+A real uvicorn server on 127.0.0.1 (ephemeral port, in this process) and an httpx/asyncio load generator
+(closed loop: each client sends its next request when the previous one is answered). Reports throughput
+(images/s), p50/p95/p99 latency, the batch-size histogram (from the server's metrics) and that every request
+was answered. Bounded: --requests per level and --time-limit per level.
+
+    python benchmarks/serve_load.py [ENGINE_DIR] --out bench_out [--quick]
+
+Without ENGINE_DIR: the demo engine if this installation has one, else a tiny random SD engine
+(built with the exporter, needs the export extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_json  # noqa: E402
+
+
+def default_engine() -> tuple[str, str]:
+    from fastgen.pipelines.base import _demo_dir
+
+    if os.path.isdir(_demo_dir()):
+        return "demo", "demo"
+    from fastgen_export.api import export
+    from fastgen_export.testing import build_tiny_pipeline
+
+    root = tempfile.mkdtemp(prefix="fastgen-serve-bench-")
+    build_tiny_pipeline("sd", os.path.join(root, "src"))
+    export(os.path.join(root, "src"), os.path.join(root, "engine"), log=None)
+    return os.path.join(root, "engine"), "tiny random SD (tests' tiny_engine('sd'))"
+
+
+class Server:
+    def __init__(self, app):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        for _ in range(400):
+            if self.server.started:
+                break
+            time.sleep(0.025)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+async def load(base: str, clients: int, requests: int, body: dict, time_limit: float) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    sent = 0
+    deadline = time.monotonic() + time_limit
+
+    async with httpx.AsyncClient(base_url=base, timeout=300,
+                                 limits=httpx.Limits(max_connections=clients + 4)) as c:
+        await c.post("/v1/images/generations", json=dict(body, seed=0))  # warm
+
+        async def client(k: int):
+            nonlocal sent
+            while sent < requests and time.monotonic() < deadline:
+                i = sent
+                sent += 1
+                t0 = time.perf_counter()
+                r = await c.post("/v1/images/generations", json=dict(body, seed=1000 + i, prompt=f"{body['prompt']} {i}"))
+                lat.append(time.perf_counter() - t0)
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[client(k) for k in range(clients)])
+        wall = time.perf_counter() - t0
+    a = np.asarray(lat)
+    n_ok = codes.get(200, 0)
+    return {"clients": clients, "requests": sent, "answered": len(lat), "codes": {str(k): v for k, v in codes.items()},
+            "wall_s": wall, "images_per_s": n_ok * body.get("n", 1) / wall,
+            "latency_s": {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+                          "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99)),
+                          "max": float(a.max())}}
+
+
+def batch_histogram(service, engine: str) -> dict[str, int]:
+    snap = service.metrics.batch_size.snapshot(engine=engine)
+    out, prev = {}, 0
+    for le, cum in snap["buckets"].items():
+        if cum - prev:
+            out[str(int(le))] = cum - prev
+        prev = cum
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("engine", nargs="?", default=None)
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--requests", type=int, default=48, help="requests per (clients, batching) level")
+    ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per level at most")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--size", default=None, help="WxH (default: the engine's)")
+    ap.add_argument("--max-batch", type=int, default=4)
+    ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--quick", action="store_true", help="16 requests per level")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.requests = min(args.requests, 16)
+
+    import fastgen
+    from fastgen.serve import create_app
+
+    from common import environment
+
+    engine, label = (args.engine, args.engine) if args.engine else default_engine()
+    pipe = fastgen.Pipeline.load(engine)
+    size = args.size or f"{pipe.default_width}x{pipe.default_height}"
+    body = {"model": "m", "prompt": "a photo of a cat", "size": size, "steps": args.steps, "n": 1}
+    clients = [int(c) for c in args.clients.split(",")]
+    runs = []
+    for batching in (True, False):
+        for c in clients:
+            app = create_app({"m": engine}, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             max_queue=max(64, 2 * c), batching=batching, warmup=False)
+            svc = app.state.service
+            with Server(app) as srv:
+                r = asyncio.run(load(srv.base, c, args.requests, body, args.time_limit))
+            hist = batch_histogram(svc, "m")
+            hist["1"] = hist.get("1", 0) - 1  # the warm-up request
+            r.update(batching=batching, batch_size_histogram={k: v for k, v in hist.items() if v})
+            runs.append(r)
+            print(f"batching={'on ' if batching else 'off'} clients={c:2d}: {r['images_per_s']:.2f} img/s  "
+                  f"p50 {r['latency_s']['p50'] * 1e3:.0f} ms  p95 {r['latency_s']['p95'] * 1e3:.0f} ms  "
+                  f"p99 {r['latency_s']['p99'] * 1e3:.0f} ms  answered {r['answered']}/{r['requests']} "
+                  f"codes {r['codes']}  batches {r['batch_size_histogram']}", flush=True)
+    payload = {"benchmark": "serve_load", "engine": label, "size": size, "steps": args.steps,
+               "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "requests_per_level": args.requests,
+               "environment": environment(), "runs": runs}
+    path = write_json(args.out, "serve_load", payload)
+    print("wrote", path)
+    try:
+        plot(runs, clients, os.path.join(args.out, "serve_load.png"), label)
+    except ImportError as e:  # pragma: no cover
+        print("no plot:", e)
+    return 0
+
+
+def plot(runs, clients, path, label):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    for batching, style in ((True, "o-"), (False, "s--")):
+        rs = [r for r in runs if r["batching"] == batching]
+        name = "batching on" if batching else "batching off"
+        ax[0].plot([r["clients"] for r in rs], [r["images_per_s"] for r in rs], style, label=name)
+        for q, alpha in (("p50", 1.0), ("p95", 0.6), ("p99", 0.3)):
+            ax[1].plot([r["clients"] for r in rs], [r["latency_s"][q] * 1e3 for r in rs], style, alpha=alpha,
+                       label=f"{name} {q}")
+    ax[0].set(xlabel="concurrent clients", ylabel="images / s", title="throughput", xscale="log")
+    ax[1].set(xlabel="concurrent clients", ylabel="latency (ms)", title="latency", xscale="log")
+    for a in ax[:2]:
+        a.set_xticks(clients)
+        a.set_xticklabels([str(c) for c in clients])
+        a.legend(fontsize=7)
+        a.grid(alpha=0.3)
+    width = 0.8 / len(clients)
+    for i, c in enumerate(clients):
+        r = next(r for r in runs if r["batching"] and r["clients"] == c)
+        h = r["batch_size_histogram"]
+        xs = sorted(int(k) for k in h)
+        ax[2].bar([x + (i - len(clients) / 2 + 0.5) * width for x in xs], [h[str(x)] for x in xs], width,
+                  label=f"{c} clients")
+    ax[2].set(xlabel="requests per network call", ylabel="batches", title="batch sizes (batching on)")
+    ax[2].legend(fontsize=7)
+    fig.suptitle(f"fastgen serve load test: {label}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
