@@ -41,6 +41,9 @@ def default_engine() -> tuple[str, str]:
     return os.path.join(root, "engine"), "tiny random SD (tests' tiny_engine('sd'))"
 
 
+WARMUP = 3
+
+
 class Server:
     def __init__(self, app):
         import uvicorn
@@ -73,7 +76,8 @@ async def load(base: str, clients: int, requests: int, body: dict, time_limit: f
 
     async with httpx.AsyncClient(base_url=base, timeout=300,
                                  limits=httpx.Limits(max_connections=clients + 4)) as c:
-        await c.post("/v1/images/generations", json=dict(body, seed=0))  # warm
+        for _ in range(WARMUP):
+            await c.post("/v1/images/generations", json=dict(body, seed=0))
 
         async def client(k: int):
             nonlocal sent
@@ -134,15 +138,15 @@ def main(argv=None) -> int:
     body = {"model": "m", "prompt": "a photo of a cat", "size": size, "steps": args.steps, "n": 1}
     clients = [int(c) for c in args.clients.split(",")]
     runs = []
-    for batching in (True, False):
-        for c in clients:
+    for c in clients:  # on/off interleaved per level, so drifting machine load hits both alike
+        for batching in (True, False):
             app = create_app({"m": engine}, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              max_queue=max(64, 2 * c), batching=batching, warmup=False)
             svc = app.state.service
             with Server(app) as srv:
                 r = asyncio.run(load(srv.base, c, args.requests, body, args.time_limit))
             hist = batch_histogram(svc, "m")
-            hist["1"] = hist.get("1", 0) - 1  # the warm-up request
+            hist["1"] = hist.get("1", 0) - WARMUP  # the warm-up requests
             r.update(batching=batching, batch_size_histogram={k: v for k, v in hist.items() if v})
             runs.append(r)
             print(f"batching={'on ' if batching else 'off'} clients={c:2d}: {r['images_per_s']:.2f} img/s  "

@@ -519,6 +519,74 @@ def imgproc_to_pil(frames):
     return to_pil(frames)
 
 
+class FakeCaptioner:
+    """A stand-in captioning pipeline (the real one is checked in test_caption.py): the caption is the size."""
+
+    kind = "captioning"
+    engine_dir = "fake-captioner"
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, images, prompt=None, *, max_new_tokens=20, num_beams=1, num_return_sequences=1, **kw):
+        self.calls.append(len(images))
+        texts = [f"{prompt or ''}{im.size[0]}x{im.size[1]}#{k}" for im in images for k in range(num_return_sequences)]
+        return type("CaptionOutput", (), {"texts": texts, "timings": {}})()
+
+
+def b64png(w, h):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 20, 30)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_captions_batched_and_split():
+    cap = FakeCaptioner()
+    app = create_app({"cap": cap}, max_batch=8, max_wait_ms=300, warmup=False)
+    bodies = [{"images": [b64png(8, 8), b64png(9, 9)], "num_beams": 2, "num_return_sequences": 2},
+              {"image": b64png(10, 10), "num_beams": 2, "num_return_sequences": 2},
+              {"images": [b64png(11, 11)], "num_beams": 2, "num_return_sequences": 2, "prompt": "p:"}]
+    rs = run(post_all(app, bodies, path="/v1/captions"))
+    assert [r.status_code for r in rs] == [200] * 3, [r.text for r in rs]
+    assert rs[0].json()["captions"] == ["8x8#0", "8x8#1", "9x9#0", "9x9#1"]
+    assert rs[1].json()["captions"] == ["10x10#0", "10x10#1"]
+    assert rs[2].json()["captions"] == ["p:11x11#0", "p:11x11#1"]
+    assert sorted(cap.calls) == [1, 3]  # the two prompt-less requests shared one call
+    bad_rs = run(post_all(app, [{"images": []}, {"images": ["@@"]}, {"images": [b64png(4, 4)], "num_beams": 0},
+                                {"images": [b64png(4, 4)], "model": "nope"}], path="/v1/captions"))
+    assert [r.status_code for r in bad_rs] == [400, 400, 400, 404]
+    app.state.service.close()
+
+
+def test_client_disconnect_cancels_work(eng, pipe):
+    """A client that goes away (real server, real socket) has its work stopped and counted as cancelled."""
+    uvicorn = pytest.importorskip("uvicorn")
+    proxy = Proxy(pipe, delay=20.0)
+    app = create_app({"sd": proxy}, warmup=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"http://127.0.0.1:{port}/v1/generate", json={"prompt": "slow", "steps": STEPS}, timeout=0.5)
+        svc = app.state.service
+        for _ in range(100):
+            if svc.metrics.cancelled.value(engine="sd") == 1 and svc.batcher.busy == 0:
+                break
+            time.sleep(0.05)
+        assert svc.metrics.cancelled.value(engine="sd") == 1 and svc.batcher.busy == 0
+        assert time.monotonic() - t0 < 10  # stopped long before the 20 s of work
+    finally:
+        server.should_exit = True
+        th.join(30)
+
+
 @pytest.mark.slow
 def test_ray_serve_two_replicas(eng, pipe):
     """Ray Serve on a local instance (loopback only, CPU): 2 replicas, the same API, @serve.batch batching."""
