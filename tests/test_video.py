@@ -227,6 +227,10 @@ def test_cli_generate_video(animatediff, tmp_path, capsys):
     with Image.open(out) as im:
         assert im.n_frames == 12
     assert "2 steps x 2 windows" in capsys.readouterr().err
+    fifo = tmp_path / "fifo.mp4"
+    assert cli.main(["generate", eng, "a cat", "--num-frames", "9", "--long-video", "fifo", "--steps", "4",
+                     "--context-length", "4", "--height", "32", "--width", "32", "-o", str(fifo)]) == 0
+    assert fifo.is_file()
     assert cli.main(["generate", eng, "a cat", "--num-frames", "4", "-o", str(tmp_path / "x.avi")]) == 2
     assert cli.main(["generate", eng, "a cat", "--num-frames", "0", "-o", str(tmp_path / "x.mp4")]) == 2
 

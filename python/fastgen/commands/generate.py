@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-stride", type=int, default=4, help="video engines: frames between context windows")
     p.add_argument("--decode-chunk-size", type=int, default=8, help="video engines: frames decoded at once")
     p.add_argument("--fps", type=float, default=8.0, help="video engines: frames per second of the MP4 / GIF")
+    p.add_argument("--long-video", choices=["context", "fifo"], default=None,
+                   help="video engines: overlapping context windows (default) or FIFO-Diffusion diagonal denoising")
     # --- end video ---
 
 
@@ -131,6 +133,11 @@ def _run_video(args: argparse.Namespace, pipe, prompt: str, t0: float) -> int:
     frames = 16 if args.num_frames is None else args.num_frames
     steps = args.steps if args.steps is not None else pipe.default_steps
     windows = pipe.num_windows(frames, args.context_length, args.context_stride)
+    if args.long_video == "fifo":  # one clip of `steps` frames, then one queue pass per frame
+        ctx = min(steps, args.context_length or pipe.motion_max_seq_length)
+        part = -(-steps // ctx)
+        windows = 1
+        steps = steps * pipe.num_windows(steps, args.context_length, args.context_stride) + frames * part
     enabled = not args.no_progress and sys.stderr.isatty() or os.environ.get("FASTGEN_PROGRESS") == "1"
     bar = None
     if enabled:
@@ -145,7 +152,7 @@ def _run_video(args: argparse.Namespace, pipe, prompt: str, t0: float) -> int:
     it = pipe.iter_frames(prompt, num_frames=frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
                           height=args.height, width=args.width, seed=seed, context_length=args.context_length,
                           context_stride=args.context_stride, decode_chunk_size=args.decode_chunk_size,
-                          negative_prompt=args.negative, scheduler=args.scheduler,
+                          negative_prompt=args.negative, scheduler=args.scheduler, long_video=args.long_video,
                           window_callback=(lambda start, t: bar.update(1)) if bar is not None else None)
     try:
         export_video(it, output, fps=args.fps)

@@ -228,7 +228,7 @@ class TextToVideoPipeline(StableDiffusionPipeline):
         # 1. the first clip: L frames denoised as usual (context windows when L > context_length)
         clip_plan = _Plan(**{**p.__dict__, "frames": L, "long_video": "context",
                              "stride": min(p.stride, min(L, p.context_length))})
-        clip = self._denoise(clip_plan, scheduler, None, None, timings)
+        clip = self._denoise(clip_plan, scheduler, None, window_callback, timings)
         # 2. diagonal noise: slot j at timestep slot_t[j]
         noise = randn((batch, self.latent_channels, L, lh, lw), p.seed ^ 0xD1A6)
         sa = np.asarray(coef["sqrt_a"], np.float32)[None, None, :, None, None]
