@@ -200,7 +200,8 @@ def test_bad_input(animatediff, tmp_path):
     kw = dict(num_inference_steps=1, height=32, width=32)
     bad = [dict(num_frames=0), dict(num_frames=16, context_length=MOTION_LEN + 1),
            dict(num_frames=16, context_length=8, context_stride=0),
-           dict(num_frames=16, context_length=8, context_stride=9), dict(num_frames=4, output_type="mp4"),
+           dict(num_frames=16, context_length=8, context_stride=9), dict(num_frames=4, context_length=4, context_stride=5),
+           dict(num_frames=4, context_stride=MOTION_LEN + 1), dict(num_frames=4, output_type="mp4"),
            dict(num_frames=4, decode_chunk_size=0), dict(num_frames=4, context_weighting="gauss")]
     for b in bad:
         with pytest.raises(fastgen.InvalidArgumentError):

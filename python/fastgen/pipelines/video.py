@@ -107,12 +107,12 @@ class TextToVideoPipeline(StableDiffusionPipeline):
             if ctx > m:
                 raise InvalidArgumentError(f"context_length {ctx} exceeds the motion module's length {m}")
         stride = _check_int("context_stride", context_stride, 1, 1 << 30) if context_stride is not None else 4
-        if frames > ctx and stride > ctx:
-            raise InvalidArgumentError(f"context_stride must be in [1, context_length={ctx}], got {stride}")
-        if frames <= ctx:
-            stride = min(stride, ctx)  # one window: the stride does not matter
-        if stride > ctx:
-            raise InvalidArgumentError(f"context_stride must be in [1, context_length={ctx}], got {stride}")
+        # checked against the context length asked for (the motion length by default), even when the
+        # video fits one window and the stride does not matter
+        limit = ctx if context_length is not None else m
+        if stride > limit:
+            raise InvalidArgumentError(f"context_stride must be in [1, context_length={limit}], got {stride}")
+        stride = min(stride, ctx)
         chunk = _check_int("decode_chunk_size", decode_chunk_size, 1, 1 << 16)
         if weighting not in WEIGHTINGS:
             raise InvalidArgumentError(f"context_weighting must be one of {WEIGHTINGS}, got {weighting!r}")
