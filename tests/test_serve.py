@@ -630,3 +630,45 @@ def test_ray_serve_two_replicas(eng, pipe):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_cli_serve_sigterm_drains(eng, tmp_path):
+    """`fastgen serve` on 127.0.0.1: requests in flight when SIGTERM arrives are still answered."""
+    import signal
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([sys.executable, "-m", "fastgen.cli", "serve", f"sd={eng}", "--host", "127.0.0.1",
+                             "--port", str(port), "--max-batch", "2", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read().decode()
+
+        async def go():
+            async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+                tasks = [asyncio.ensure_future(c.post("/v1/generate", json={"prompt": "a cat", "seed": i,
+                                                                            "steps": 8})) for i in range(4)]
+                await asyncio.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*tasks)
+
+        rs = asyncio.run(go())
+        assert [r.status_code for r in rs] == [200] * 4
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -147,8 +147,12 @@ def create_app(engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_qu
 
     async def run_work(request: Request, work, opts, shape, endpoint_name: str) -> Response:
         if opts.get("async"):
-            service.submit(work)
             job = service.jobs.create(work, endpoint_name)
+            try:
+                service.submit(work)
+            except Exception:
+                service.jobs.discard(job["id"])
+                raise
             return _json(job, 202)
         if opts.get("stream"):
             return sse(work, request, shape)

@@ -27,6 +27,7 @@ from .batching import Batcher, QueueFullError, ShuttingDownError, Work
 from .metrics import Metrics
 
 MAX_PROMPT_CHARS = 10_000
+MAX_INPUT_PIXELS = 4096 * 4096
 OPENAI_IGNORED = {"quality", "style", "user", "background", "moderation", "output_compression", "partial_images"}
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
@@ -127,8 +128,12 @@ def decode_image(name: str, v: Any):
         raise bad(f"'{name}' is not valid base64") from None
     try:
         with Image.open(io.BytesIO(raw)) as im:
+            if im.size[0] * im.size[1] > MAX_INPUT_PIXELS:
+                raise bad(f"'{name}' is {im.size[0]}x{im.size[1]}: larger than {MAX_INPUT_PIXELS} pixels")
             im.load()
             return im.copy()
+    except ApiError:
+        raise
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds
         raise bad(f"'{name}' is not a readable image: {type(e).__name__}") from None
 
@@ -196,7 +201,7 @@ def load_engines(engines, *, backend: str = "onnxruntime", device: str = "cpu") 
 class Jobs:
     """Asynchronous jobs: id -> status / progress / result; bounded (oldest finished ones dropped)."""
 
-    def __init__(self, max_jobs: int = 1000):
+    def __init__(self, max_jobs: int = 256):
         self.max_jobs = max_jobs
         self._jobs: dict[str, dict] = {}
         self._works: dict[str, Work] = {}
@@ -248,6 +253,11 @@ class Jobs:
         if len(self._jobs) >= self.max_jobs:
             raise ApiError(429, "rate_limit_error", f"{self.max_jobs} jobs are pending; retry later",
                            {"Retry-After": "5"})
+
+    def discard(self, jid: str) -> None:
+        with self._lock:
+            self._jobs.pop(jid, None)
+            self._works.pop(jid, None)
 
     def get(self, jid: str) -> dict:
         with self._lock:
