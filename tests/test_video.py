@@ -303,3 +303,22 @@ def test_fifo_matches_numpy_reference(animatediff, steps, ctx, g):
     assert video.shape == (1, frames, 32, 32, 3) and np.isfinite(video).all()
     with pytest.raises(fastgen.InvalidArgumentError):
         vid("a cat", num_frames=4, long_video="diagonal", num_inference_steps=2, height=32, width=32)
+
+
+def test_export_stable_video_diffusion(tmp_path):
+    """SVD exports (CLIP image encoder, spatio-temporal UNet, VAE encoder, temporal VAE decoder), each
+    parity-checked at another frame count; the runtime refuses img2video engines with a clear error."""
+    from fastgen_export.api import export
+    from fastgen_export.video import build_tiny_svd
+
+    src = build_tiny_svd(str(tmp_path / "svd-src"))
+    eng = export(src, str(tmp_path / "svd-engine"), log=None)
+    m = json.load(open(os.path.join(eng, "fastgen.json")))
+    assert m["kind"] == "img2video" and m["family"] == "svd"
+    comps = m["components"]
+    assert set(comps) == {"image_encoder", "unet", "vae_encoder", "vae_decoder"}
+    assert all(c["parity"]["passed"] for c in comps.values())
+    assert comps["unet"]["inputs"]["sample"]["shape"] == ["batch", "frames", 8, "latent_height", "latent_width"]
+    assert comps["vae_decoder"]["inputs"]["latent"]["shape"][0] == "frames"
+    with pytest.raises(fastgen.ManifestError, match="img2video"):
+        fastgen.Pipeline.load(eng)

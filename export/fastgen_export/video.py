@@ -25,13 +25,17 @@ from fastgen.errors import ExportError, InvalidArgumentError
 from . import diffusion as dif
 
 __all__ = ["VIDEO_PIPELINES", "is_video_pipeline", "plan_video_pipeline", "VideoExporter", "build_motion_unet",
-           "build_tiny_animatediff", "build_motion_unet_per_frame"]
+           "build_tiny_animatediff", "build_motion_unet_per_frame",
+           "build_svd_components", "build_tiny_svd"]
 
 #: diffusers pipeline class -> (family, engine kind)
-VIDEO_PIPELINES = {"AnimateDiffPipeline": ("sd", "text2video")}
-_REQUIRED = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
-_EXPECTED = {"text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"), "unet": ("UNetMotionModel",),
-             "vae": ("AutoencoderKL",)}
+VIDEO_PIPELINES = {"AnimateDiffPipeline": ("sd", "text2video"), "StableVideoDiffusionPipeline": ("svd", "img2video")}
+_REQUIRED_BY_FAMILY = {"sd": ("text_encoder", "tokenizer", "unet", "vae", "scheduler"),
+                       "svd": ("image_encoder", "unet", "vae", "scheduler")}
+_EXPECTED = {"text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
+             "unet": ("UNetMotionModel", "UNetSpatioTemporalConditionModel"),
+             "vae": ("AutoencoderKL", "AutoencoderKLTemporalDecoder"),
+             "image_encoder": ("CLIPVisionModelWithProjection",)}
 
 
 def is_video_pipeline(root: str) -> bool:
@@ -51,7 +55,7 @@ def plan_video_pipeline(root: str) -> dif.PipelinePlan:
         raise ExportError(f"unsupported video pipeline class {class_name!r}")
     family, kind = VIDEO_PIPELINES[class_name]
     parts: dict[str, tuple[str, str]] = {}
-    for name in _REQUIRED:
+    for name in _REQUIRED_BY_FAMILY[family]:
         entry = index.get(name)
         if not (isinstance(entry, list) and len(entry) == 2 and entry[0] and entry[1]):
             raise ExportError(f"{class_name} folder {root} has no {name!r} (model_index.json entry is {entry!r})")
@@ -201,6 +205,8 @@ def _make_video_exporter():
         per_frame_timestep = os.environ.get("FASTGEN_EXPORT_FIFO", "1") != "0"
 
         def run(self) -> None:
+            if self.plan.family == "svd":
+                return self._run_svd()
             plan, m = self.plan, self.manifest
             den_cfg = dif.read_json(os.path.join(plan.path("unet"), "config.json"))
             vae_cfg = dif.read_json(os.path.join(plan.path("vae"), "config.json"))
@@ -237,7 +243,178 @@ def _make_video_exporter():
 
             mf.write_manifest(self.work, m)
 
+        def _run_svd(self) -> None:
+            """StableVideoDiffusion: CLIP image encoder, spatio-temporal UNet, VAE encoder and the
+            temporal VAE decoder (frames of one video as its batch). Export and parity only: the
+            runtime does not run img2video engines yet."""
+            plan, m = self.plan, self.manifest
+            den_cfg = dif.read_json(os.path.join(plan.path("unet"), "config.json"))
+            vae_cfg = dif.read_json(os.path.join(plan.path("vae"), "config.json"))
+            f = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+            export_hw, parity_hw = self._latent_dims(den_cfg)
+            self.export_dims = {**self._dims(2, export_hw, f), "frames": 4}
+            self.parity_dims = {**self._dims(1, parity_hw, f), "frames": 3}
+            sched = dif.scheduler_config(plan)
+            os.makedirs(os.path.join(self.work, "scheduler"))
+            shutil.copyfile(os.path.join(plan.path("scheduler"), "scheduler_config.json"),
+                            os.path.join(self.work, "scheduler", "scheduler_config.json"))
+            m["scheduler"] = {"path": "scheduler/scheduler_config.json", "class": sched.get("_class_name")}
+            specs = build_svd_components(plan)
+            for spec in specs:
+                self._component(lambda spec=spec: spec)
+            info = self.info
+            unet = info["unet"]
+            m["config"] = {
+                "latent_channels": info["vae_decoder"]["latent_channels"],
+                "unet_in_channels": unet["in_channels"],
+                "vae_scale_factor": f,
+                "scaling_factor": info["vae_decoder"]["scaling_factor"],
+                "shift_factor": 0.0,
+                "default_height": unet["sample_size"] * f if unet["sample_size"] else 576,
+                "default_width": unet["sample_size"] * f if unet["sample_size"] else 1024,
+                "size_multiple": f * unet["latent_multiple"],
+                "default_num_frames": unet["num_frames"],
+                "image_size": info["image_encoder"]["image_size"],
+                "image_mean": info["image_encoder"]["image_mean"], "image_std": info["image_encoder"]["image_std"],
+                "prediction_type": dif.prediction_type(sched),
+                "frames_layout": "BFCHW",
+                "runtime_supported": False,
+            }
+            from . import manifest as mf
+
+            mf.write_manifest(self.work, m)
+
     return VideoExporter
+
+
+def build_svd_components(plan: dif.PipelinePlan) -> list[dif.ComponentSpec]:
+    """(image_encoder, unet, vae_encoder, vae_decoder) of a StableVideoDiffusionPipeline folder."""
+    import torch
+
+    T = dif.TensorSpec
+    enc = dif.load_model(plan, "image_encoder")
+    ecfg = enc.config
+    size, proj = int(ecfg.image_size), int(ecfg.projection_dim)
+    fe = {}
+    fe_path = os.path.join(plan.root, "feature_extractor", "preprocessor_config.json")
+    if os.path.isfile(fe_path):
+        fe = dif.read_json(fe_path)
+
+    class ImageEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values).image_embeds.float()
+
+    image_encoder = dif.ComponentSpec(
+        "image_encoder", ImageEncoder(enc), [T("pixel_values", "float32", ("batch", 3, size, size))],
+        [T("image_embeds", "float32", ("batch", proj))],
+        lambda dims, gen: (torch.randn(dims["batch"], 3, size, size, generator=gen),),
+        info={"image_size": size, "projection_dim": proj,
+              "image_mean": fe.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
+              "image_std": fe.get("image_std", [0.26862954, 0.26130258, 0.27577711])})
+
+    unet = dif.load_model(plan, "unet")
+    ucfg = unet.config
+    c_in, c_out = ucfg.in_channels, ucfg.out_channels
+    d = ucfg.cross_attention_dim if isinstance(ucfg.cross_attention_dim, int) else ucfg.cross_attention_dim[0]
+    n_ids = ucfg.projection_class_embeddings_input_dim // ucfg.addition_time_embed_dim
+
+    class SVDUNet(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, sample, timestep, encoder_hidden_states, added_time_ids):
+            return self.model(sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False)[0].float()
+
+    def make_unet(dims, gen):
+        b, f, h, w = dims["batch"], dims["frames"], dims["latent_height"], dims["latent_width"]
+        ids = torch.tensor([[6.0, 127.0, 0.02]], dtype=torch.float32).repeat(b, 1)[:, :n_ids]
+        return (torch.randn(b, f, c_in, h, w, generator=gen), torch.rand(b, generator=gen) * 2.0,
+                torch.randn(b, 1, d, generator=gen), ids)
+
+    unet_spec = dif.ComponentSpec(
+        "unet", SVDUNet(unet),
+        [T("sample", "float32", ("batch", "frames", c_in, "latent_height", "latent_width")),
+         T("timestep", "float32", ("batch",)), T("encoder_hidden_states", "float32", ("batch", 1, d)),
+         T("added_time_ids", "float32", ("batch", n_ids))],
+        [T("noise_pred", "float32", ("batch", "frames", c_out, "latent_height", "latent_width"))], make_unet,
+        info={"in_channels": c_in, "latent_multiple": 2 ** (len(ucfg.block_out_channels) - 1),
+              "sample_size": ucfg.sample_size, "num_frames": int(ucfg.num_frames), "added_time_ids": n_ids})
+
+    vae = dif.load_model(plan, "vae")
+    vcfg = vae.config
+    c = vcfg.latent_channels
+    vinfo = {"latent_channels": c, "scaling_factor": float(vcfg.scaling_factor)}
+
+    class VaeEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, sample):
+            return self.model.encode(sample).latent_dist.mode().float()
+
+    class TemporalDecoder(torch.nn.Module):
+        """One video's frames as the batch: decode(z, num_frames=len(z)) (a decode_chunk_size chunk)."""
+
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, latent):
+            return self.model.decode(latent, num_frames=latent.shape[0], return_dict=False)[0].float()
+
+    vae_encoder = dif.ComponentSpec(
+        "vae_encoder", VaeEncoder(vae), [T("sample", "float32", ("batch", 3, "height", "width"))],
+        [T("latent_mean", "float32", ("batch", c, "latent_height", "latent_width"))],
+        lambda dims, gen: (torch.rand(dims["batch"], 3, dims["height"], dims["width"], generator=gen) * 2 - 1,),
+        info=vinfo)
+    vae_decoder = dif.ComponentSpec(
+        "vae_decoder", TemporalDecoder(vae), [T("latent", "float32", ("frames", c, "latent_height", "latent_width"))],
+        [T("sample", "float32", ("frames", 3, "height", "width"))],
+        lambda dims, gen: (torch.randn(dims["frames"], c, dims["latent_height"], dims["latent_width"], generator=gen),),
+        info=vinfo)
+    return [image_encoder, unet_spec, vae_encoder, vae_decoder]
+
+
+def build_tiny_svd(out_dir: str | os.PathLike, *, seed: int = 0, num_frames: int = 6) -> str:
+    """Save a tiny random-weight ``StableVideoDiffusionPipeline`` to ``out_dir``."""
+    import torch
+    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
+                           UNetSpatioTemporalConditionModel)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        unet = UNetSpatioTemporalConditionModel(
+            sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+            up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+            addition_time_embed_dim=8, projection_class_embeddings_input_dim=24, layers_per_block=1,
+            cross_attention_dim=32, num_attention_heads=(2, 4), num_frames=num_frames).eval()
+        vae = AutoencoderKLTemporalDecoder(in_channels=3, out_channels=3, block_out_channels=[32, 64],
+                                           down_block_types=["DownEncoderBlock2D"] * 2, layers_per_block=1,
+                                           latent_channels=4).eval()
+        enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, image_size=224,
+            intermediate_size=37, patch_size=32)).eval()
+        fe = CLIPImageProcessor(crop_size=224, size=224)
+        sched = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       prediction_type="v_prediction", interpolation_type="linear",
+                                       use_karras_sigmas=True, timestep_type="continuous", sigma_max=700.0,
+                                       sigma_min=0.002, steps_offset=1, timestep_spacing="leading")
+        pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=sched, feature_extractor=fe)
+        pipe.save_pretrained(out_dir, safe_serialization=True)
+    finally:
+        torch.random.set_rng_state(state)
+    return out_dir
 
 
 def VideoExporter(*args, **kwargs):  # noqa: N802  (a factory: the base class lives in api, imported lazily)
