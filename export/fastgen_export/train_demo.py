@@ -46,7 +46,7 @@ class TrainConfig:
     resolution: int = 64
     max_length: int = 16
     # VAE phase
-    vae_steps: int = 500
+    vae_steps: int = 800
     vae_batch_size: int = 16
     vae_crop: int = 32
     vae_lr: float = 2e-3
@@ -54,7 +54,7 @@ class TrainConfig:
     vae_anchor_weight: float = 1.0
     latent_pool_size: int = 4096
     # UNet + text encoder phase
-    unet_steps: int = 3000
+    unet_steps: int = 6000
     unet_batch_size: int = 32
     unet_lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -134,7 +134,7 @@ def sampling_scheduler(noise_scheduler):
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(noise_scheduler.config, timestep_spacing="trailing",
-                                     set_alpha_to_one=False, steps_offset=0)
+                                     set_alpha_to_one=False, steps_offset=1)
 
 
 def num_params(module: torch.nn.Module) -> int:
@@ -294,14 +294,16 @@ def save_grid(images: np.ndarray, path: str, columns: int = 10) -> None:
 
 
 def plot_losses(log: dict, path: str) -> None:
-    """Plot the VAE and UNet loss curves (raw and smoothed) of a training log."""
+    """Plot the VAE and UNet loss curves (raw and smoothed) of a training log (phases that ran)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, (name, key) in zip(axes, [("VAE (MSE + KL)", "vae"), ("UNet (epsilon MSE)", "unet")]):
+    phases = [(name, key) for name, key in [("VAE (MSE + anchor + KL)", "vae"), ("UNet (epsilon MSE)", "unet")]
+              if log[key]["loss"]]
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 3.8), squeeze=False)
+    for ax, (name, key) in zip(axes[0], phases):
         loss = np.asarray(log[key]["loss"])
         window = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
@@ -321,8 +323,12 @@ def plot_losses(log: dict, path: str) -> None:
 # Entry point
 
 
-def train(out_dir: str, cfg: TrainConfig, minutes: float, ecfg: EvalConfig) -> dict:
-    """Run both phases, save the pipeline and the log into ``out_dir``; return the log."""
+def train(out_dir: str, cfg: TrainConfig, minutes: float, ecfg: EvalConfig, init: str | None = None) -> dict:
+    """Run both phases, save the pipeline and the log into ``out_dir``; return the log.
+
+    ``init`` continues from a saved demo pipeline instead of fresh weights (with
+    ``cfg.vae_steps = 0`` its VAE is kept as it is and only the UNet and text encoder train on).
+    """
     import diffusers
     import transformers
     from diffusers import StableDiffusionPipeline
@@ -330,12 +336,16 @@ def train(out_dir: str, cfg: TrainConfig, minutes: float, ecfg: EvalConfig) -> d
     torch.manual_seed(cfg.seed)
     start = time.monotonic()
     deadline = start + 60 * minutes
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tokenizer(tmp, cfg.max_length)
-    text_encoder = build_text_encoder(tokenizer)
-    vae = build_vae(cfg.resolution)
-    latent_size = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
-    unet = build_unet(latent_size, text_encoder.config.hidden_size)
+    if init:
+        pipe = StableDiffusionPipeline.from_pretrained(init)
+        tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = build_tokenizer(tmp, cfg.max_length)
+        text_encoder = build_text_encoder(tokenizer)
+        vae = build_vae(cfg.resolution)
+        latent_size = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
+        unet = build_unet(latent_size, text_encoder.config.hidden_size)
     noise_scheduler = build_noise_scheduler()
 
     vae_log = train_vae(vae, cfg, start + 60 * minutes * cfg.vae_time_share)
@@ -366,7 +376,7 @@ def train(out_dir: str, cfg: TrainConfig, minutes: float, ecfg: EvalConfig) -> d
     print(f"eval: {scores}", flush=True)
 
     log = {
-        "settings": asdict(cfg), "minutes_budget": minutes,
+        "settings": asdict(cfg), "minutes_budget": minutes, "init": init,
         "params": {"vae": num_params(vae), "unet": num_params(unet), "text_encoder": num_params(text_encoder)},
         "scaling_factor": scaling_factor,
         "vae": vae_log, "latent_pool_s": pool_s, "unet": unet_log, "train_wall_s": train_s,
@@ -388,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     parser.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
+    parser.add_argument("--init", metavar="DIR", help="continue from a saved demo pipeline folder")
+    parser.add_argument("--unet-lr", type=float, default=TrainConfig.unet_lr)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--eval-only", metavar="DIR", help="score a saved pipeline folder and exit")
     parser.add_argument("--eval-prompts", type=int, default=EvalConfig.num_prompts)
@@ -409,8 +421,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.out:
         parser.error("--out is required (or --eval-only DIR)")
-    cfg = TrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps)
-    log = train(args.out, cfg, args.minutes, ecfg)
+    cfg = TrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                      unet_lr=args.unet_lr)
+    log = train(args.out, cfg, args.minutes, ecfg, init=args.init)
     print(f"done in {log['train_wall_s']:.0f} s -> {args.out}")
 
 
