@@ -85,7 +85,8 @@ async def load(base: str, clients: int, requests: int, body: dict, time_limit: f
                 i = sent
                 sent += 1
                 t0 = time.perf_counter()
-                r = await c.post("/v1/images/generations", json=dict(body, seed=1000 + i, prompt=f"{body['prompt']} {i}"))
+                req = dict(body, seed=1000 + i, prompt=f"{body['prompt']} {i}")
+                r = await c.post("/v1/images/generations", json=req)
                 lat.append(time.perf_counter() - t0)
                 codes[r.status_code] = codes.get(r.status_code, 0) + 1
 
@@ -176,13 +177,13 @@ def plot(runs, clients, path, label):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
-    for mode, style in (("on", "o-"), ("on, no wait", "^-."), ("off", "s--")):
+    for mode, style, color in (("on", "o-", "C0"), ("on, no wait", "^-.", "C1"), ("off", "s--", "C2")):
         rs = [r for r in runs if r["mode"] == mode]
         name = f"batching {mode}"
-        ax[0].plot([r["clients"] for r in rs], [r["images_per_s"] for r in rs], style, label=name)
+        ax[0].plot([r["clients"] for r in rs], [r["images_per_s"] for r in rs], style, color=color, label=name)
         for q, alpha in (("p50", 1.0), ("p95", 0.5)):
-            ax[1].plot([r["clients"] for r in rs], [r["latency_s"][q] * 1e3 for r in rs], style, alpha=alpha,
-                       label=f"{name} {q}")
+            ax[1].plot([r["clients"] for r in rs], [r["latency_s"][q] * 1e3 for r in rs], style, color=color,
+                       alpha=alpha, label=f"{name} {q}")
     ax[0].set(xlabel="concurrent clients", ylabel="images / s", title="throughput", xscale="log")
     ax[1].set(xlabel="concurrent clients", ylabel="latency (ms)", title="latency", xscale="log")
     for a in ax[:2]:
