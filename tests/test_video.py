@@ -307,7 +307,7 @@ def test_fifo_matches_numpy_reference(animatediff, steps, ctx, g):
 
 def test_export_stable_video_diffusion(tmp_path):
     """SVD exports (CLIP image encoder, spatio-temporal UNet, VAE encoder, temporal VAE decoder), each
-    parity-checked at another frame count; the runtime refuses img2video engines with a clear error."""
+    parity-checked at another frame count; the runtime's ImageToVideoPipeline equals diffusers'."""
     from fastgen_export.api import export
     from fastgen_export.video import build_tiny_svd
 
@@ -320,5 +320,31 @@ def test_export_stable_video_diffusion(tmp_path):
     assert all(c["parity"]["passed"] for c in comps.values())
     assert comps["unet"]["inputs"]["sample"]["shape"] == ["batch", "frames", 8, "latent_height", "latent_width"]
     assert comps["vae_decoder"]["inputs"]["latent"]["shape"][0] == "frames"
-    with pytest.raises(fastgen.ManifestError, match="img2video"):
-        fastgen.Pipeline.load(eng)
+
+    # runtime: equal to diffusers' StableVideoDiffusionPipeline given the same image, noise and latents
+    import torch
+    from diffusers import StableVideoDiffusionPipeline
+    from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+    from PIL import Image
+
+    from fastgen.pipelines.video import resize_with_antialiasing
+
+    for shape in [(1, 3, 37, 53), (2, 3, 300, 410)]:
+        x = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
+        want = _resize_with_antialiasing(torch.from_numpy(x), (224, 224)).numpy()
+        assert max_diff(resize_with_antialiasing(x, (224, 224)), want) < 1e-5
+    ref = StableVideoDiffusionPipeline.from_pretrained(src)
+    ref.set_progress_bar_config(disable=True)
+    vid = fastgen.Pipeline.load(eng)
+    assert type(vid).__name__ == "ImageToVideoPipeline"
+    h, w, f = 32, 48, 5
+    img = Image.fromarray(np.random.RandomState(1).uniform(0, 255, (40, 56, 3)).astype(np.uint8))
+    lat = fastgen.randn((1, f, 4, h // 2, w // 2), seed=3)
+    gen = torch.Generator().manual_seed(0)
+    image_noise = torch.randn((1, 3, h, w), generator=torch.Generator().manual_seed(0)).numpy()
+    kw = dict(height=h, width=w, num_frames=f, num_inference_steps=3, decode_chunk_size=2, min_guidance_scale=1.0,
+              max_guidance_scale=2.5, fps=6, motion_bucket_id=100, noise_aug_strength=0.05)
+    want = ref(img, latents=torch.from_numpy(lat), generator=gen, output_type="np", **kw).frames
+    got = vid(img, latents=lat, image_noise=image_noise, **kw).frames
+    assert got.shape == np.asarray(want).shape == (1, f, h, w, 3)
+    assert max_diff(got, want) < 2e-3

@@ -245,8 +245,8 @@ def _make_video_exporter():
 
         def _run_svd(self) -> None:
             """StableVideoDiffusion: CLIP image encoder, spatio-temporal UNet, VAE encoder and the
-            temporal VAE decoder (frames of one video as its batch). Export and parity only: the
-            runtime does not run img2video engines yet."""
+            temporal VAE decoder (frames of one video as its batch); fastgen.pipelines.video.ImageToVideoPipeline
+            runs it."""
             plan, m = self.plan, self.manifest
             den_cfg = dif.read_json(os.path.join(plan.path("unet"), "config.json"))
             vae_cfg = dif.read_json(os.path.join(plan.path("vae"), "config.json"))
@@ -278,7 +278,6 @@ def _make_video_exporter():
                 "image_mean": info["image_encoder"]["image_mean"], "image_std": info["image_encoder"]["image_std"],
                 "prediction_type": dif.prediction_type(sched),
                 "frames_layout": "BFCHW",
-                "runtime_supported": False,
             }
             from . import manifest as mf
 

@@ -29,7 +29,7 @@ from ..errors import InvalidArgumentError, ManifestError, ShapeError, Unsupporte
 from ..sampling import randn
 from .diffusion import StableDiffusionPipeline, _check_float, _check_int, _prompt_list
 
-__all__ = ["TextToVideoPipeline", "VideoOutput", "pipeline_for_video", "VIDEO_OUTPUT_TYPES"]
+__all__ = ["TextToVideoPipeline", "ImageToVideoPipeline", "resize_with_antialiasing", "VideoOutput", "pipeline_for_video", "VIDEO_OUTPUT_TYPES"]
 
 VIDEO_OUTPUT_TYPES = ("np", "pil", "latent")
 MAX_FRAMES = 100_000
@@ -345,6 +345,170 @@ class TextToVideoPipeline(StableDiffusionPipeline):
         return len(_core.context_windows(frames, ctx, int(context_stride)))
 
 
+# ---------------------------------------------------------------------------- Stable Video Diffusion
+
+
+def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
+    x = np.arange(size, dtype=np.float32) - np.float32(size // 2)
+    if size % 2 == 0:
+        x = x + np.float32(0.5)
+    g = np.exp(-(x ** 2) / (np.float32(2) * np.float32(sigma) ** 2)).astype(np.float32)
+    return g / g.sum(dtype=np.float32)
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    def c1(x):
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def c2(x):
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([c2(t + 1), c1(t), c1(1 - t), c2(2 - t)], axis=-1).astype(np.float32)
+
+
+def _resize_bicubic_align_corners(x: np.ndarray, axis: int, out: int) -> np.ndarray:
+    n = x.shape[axis]
+    scale = np.float32((n - 1) / (out - 1)) if out > 1 else np.float32(0)
+    src = np.arange(out, dtype=np.float32) * scale
+    i0 = np.floor(src).astype(np.int64)
+    w = _cubic_weights((src - i0).astype(np.float32))
+    res = 0
+    for k in range(4):
+        idx = np.clip(i0 - 1 + k, 0, n - 1)
+        shape = [1] * x.ndim
+        shape[axis] = out
+        res = res + np.take(x, idx, axis=axis) * w[:, k].reshape(shape)
+    return res.astype(np.float32)
+
+
+def resize_with_antialiasing(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """diffusers' SVD ``_resize_with_antialiasing`` (Gaussian blur, reflect padding, then bicubic
+    interpolation with align_corners=True), NCHW float32, in NumPy."""
+    h, w = x.shape[-2:]
+    sig = (max((h / size[0] - 1.0) / 2.0, 0.001), max((w / size[1] - 1.0) / 2.0, 0.001))
+    ks = [int(max(2.0 * 2 * sig[0], 3)), int(max(2.0 * 2 * sig[1], 3))]
+    ks = [k + 1 if k % 2 == 0 else k for k in ks]
+    for axis, k, sg in ((3, ks[1], sig[1]), (2, ks[0], sig[0])):
+        kern = _gaussian_kernel(k, sg)
+        front = (k - 1) // 2
+        pad = [(0, 0)] * 4
+        pad[axis] = (front, k - 1 - front)
+        xp = np.pad(x, pad, mode="reflect")
+        acc = np.zeros_like(x)
+        n = x.shape[axis]
+        for j in range(k):
+            acc += kern[j] * np.take(xp, np.arange(j, j + n), axis=axis)
+        x = acc
+    x = _resize_bicubic_align_corners(x, 3, size[1])
+    return _resize_bicubic_align_corners(x, 2, size[0])
+
+
+class ImageToVideoPipeline(StableDiffusionPipeline):
+    """Stable Video Diffusion: ``vid(image, num_frames=None, ...)`` -> VideoOutput, as diffusers'
+    StableVideoDiffusionPipeline (per-frame guidance from min to max, CLIP image conditioning,
+    VAE-encoded image latents concatenated to the noisy latents, temporal VAE decoding in chunks)."""
+
+    kind = "img2video"
+    default_steps = 25
+
+    def __init__(self, manifest, **kw):
+        super().__init__(manifest, **kw)
+        c = manifest.config
+        self.default_num_frames = int(c.get("default_num_frames", 14))
+        self.image_size = int(c.get("image_size", 224))
+        self.image_mean = np.asarray(c.get("image_mean"), np.float32).reshape(1, 3, 1, 1)
+        self.image_std = np.asarray(c.get("image_std"), np.float32).reshape(1, 3, 1, 1)
+
+    def encode_image_embeds(self, pil) -> np.ndarray:
+        arr = np.stack([np.asarray(im.convert("RGB"), np.float32) / 255.0 for im in pil]).transpose(0, 3, 1, 2)
+        x = resize_with_antialiasing(np.ascontiguousarray(arr * 2.0 - 1.0, np.float32),
+                                     (self.image_size, self.image_size))
+        x = (x + 1.0) / 2.0
+        x = ((x - self.image_mean) / self.image_std).astype(np.float32)
+        return self.session("image_encoder").run({"pixel_values": x}, ["image_embeds"])["image_embeds"]
+
+    def __call__(self, image, num_frames=None, num_inference_steps=None, height=None, width=None,
+                 min_guidance_scale=1.0, max_guidance_scale=3.0, fps=7, motion_bucket_id=127, noise_aug_strength=0.02,
+                 decode_chunk_size=None, seed=0, latents=None, image_noise=None, output_type="np",
+                 callback=None) -> VideoOutput:
+        """``image_noise``: the noise added to the conditioning image (default: drawn from ``seed``)."""
+        if output_type not in VIDEO_OUTPUT_TYPES:
+            raise InvalidArgumentError(f"output_type must be one of {VIDEO_OUTPUT_TYPES}, got {output_type!r}")
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        pil = [imgproc.load_image(im) for im in (image if isinstance(image, list) else [image])]
+        frames = self.default_num_frames if num_frames is None else _check_int("num_frames", num_frames, 1, MAX_FRAMES)
+        steps = self.default_steps if num_inference_steps is None else _check_int("num_inference_steps",
+                                                                                  num_inference_steps, 1, 1000)
+        gmin = _check_float("min_guidance_scale", min_guidance_scale, 0.0)
+        gmax = _check_float("max_guidance_scale", max_guidance_scale, 0.0)
+        aug = _check_float("noise_aug_strength", noise_aug_strength, 0.0)
+        fps = _check_float("fps", fps, 1.0)
+        mb = _check_float("motion_bucket_id", motion_bucket_id, 0.0)
+        chunk = frames if decode_chunk_size is None else _check_int("decode_chunk_size", decode_chunk_size, 1, 1 << 16)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+            raise InvalidArgumentError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        h, w = self._size(height, width, None)
+        B = len(pil)
+        cfg = gmax > 1
+        f = self.vae_scale_factor
+        shape = (B, frames, self.latent_channels, h // f, w // f)
+        if latents is not None and (not isinstance(latents, np.ndarray) or latents.shape != shape):
+            raise ShapeError(f"latents must be a numpy array of shape {shape}")
+        emb = self.encode_image_embeds(pil)[:, None].astype(np.float32)
+        pixels = imgproc.preprocess_image(pil, h, w)
+        if image_noise is None:
+            image_noise = randn(pixels.shape, int(seed) ^ 0xA06)
+        elif not isinstance(image_noise, np.ndarray) or image_noise.shape != pixels.shape:
+            raise ShapeError(f"image_noise must be a numpy array of shape {pixels.shape}")
+        pixels = (pixels + np.float32(aug) * image_noise.astype(np.float32)).astype(np.float32)
+        img_lat = self.session("vae_encoder").run({"sample": pixels}, ["latent_mean"])["latent_mean"]
+        img_lat = np.repeat(img_lat[:, None], frames, axis=1)
+        ids = np.tile(np.array([[fps - 1, mb, aug]], np.float32), (B, 1))
+        if cfg:
+            emb = np.concatenate([np.zeros_like(emb), emb])
+            img_lat = np.concatenate([np.zeros_like(img_lat), img_lat])
+            ids = np.concatenate([ids, ids])
+        img_lat = np.ascontiguousarray(img_lat, np.float32)
+        g = np.linspace(gmin, gmax, frames, dtype=np.float32).reshape(1, frames, 1, 1, 1)
+        sched = self.make_scheduler(None)
+        sched.set_timesteps(steps)
+        noise = latents.astype(np.float32) if latents is not None else randn(shape, int(seed))
+        x = (noise * np.float32(sched.init_noise_sigma)).astype(np.float32)
+        net = self.session("unet")
+
+        def denoise(xin: np.ndarray, t: float) -> np.ndarray:
+            xx = np.concatenate([xin, xin]) if cfg else xin
+            xx = np.ascontiguousarray(np.concatenate([xx, img_lat], axis=2))
+            out = net.run({"sample": xx, "timestep": np.full((xx.shape[0],), t, np.float32),
+                           "encoder_hidden_states": emb, "added_time_ids": ids}, ["noise_pred"])["noise_pred"]
+            if cfg:
+                u, c = out[:B], out[B:]
+                out = u + g * (c - u)
+            return np.ascontiguousarray(out, np.float32)
+
+        from ..sampling import sample_loop
+
+        x = sample_loop(sched, x, denoise, guidance_scale=1.0, callback=callback)
+        if output_type == "latent":
+            return VideoOutput(frames=x, seed=int(seed), timings=timings)
+        flat = (x.reshape((B * frames,) + x.shape[2:]) * np.float32(1.0 / self.scaling_factor)).astype(np.float32)
+        ring = _core.FrameRing(chunk, 3, h, w)
+        dec = self.session("vae_decoder")
+        arr = np.empty((B * frames, h, w, 3), np.float32)
+        k = 0
+        for i in range(0, B * frames, chunk):
+            ring.push(np.ascontiguousarray(dec.run({"latent": np.ascontiguousarray(flat[i:i + chunk])},
+                                                   ["sample"])["sample"], np.float32))
+            while len(ring):
+                arr[k] = ring.pop(h, w)
+                k += 1
+        arr = arr.reshape(B, frames, h, w, 3)
+        timings["total"] = time.perf_counter() - t_start
+        return VideoOutput(frames=arr if output_type == "np" else [imgproc.to_pil(v) for v in arr], seed=int(seed),
+                           timings=timings)
+
+
 def _long_video(mode) -> str:
     if mode is None:
         return "context"
@@ -358,5 +522,7 @@ def pipeline_for_video(manifest) -> type:
         if manifest.family not in (None, "sd"):
             raise ManifestError(f"unsupported text2video family {manifest.family!r}")
         return TextToVideoPipeline
-    raise ManifestError(f"engine kind {manifest.kind!r} is not supported by this build (only text2video)")
+    if manifest.kind == "img2video" and manifest.family == "svd":
+        return ImageToVideoPipeline
+    raise ManifestError(f"engine kind {manifest.kind!r} (family {manifest.family!r}) is not supported by this build")
 
