@@ -348,3 +348,13 @@ def test_export_stable_video_diffusion(tmp_path):
     got = vid(img, latents=lat, image_noise=image_noise, **kw).frames
     assert got.shape == np.asarray(want).shape == (1, f, h, w, 3)
     assert max_diff(got, want) < 2e-3
+
+    from fastgen import cli
+
+    img.save(tmp_path / "in.png")
+    out = tmp_path / "svd.gif"
+    assert cli.main(["generate", eng, "", "--image", str(tmp_path / "in.png"), "--num-frames", "3", "--steps", "2",
+                     "--height", "16", "--width", "16", "-o", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.n_frames == 3
+    assert cli.main(["generate", eng, "", "--num-frames", "3", "-o", str(out)]) == 2  # no --image

@@ -126,6 +126,21 @@ def _run_video(args: argparse.Namespace, pipe, prompt: str, t0: float) -> int:
     output = "out.mp4" if args.output == "out.png" else args.output
     if os.path.splitext(output)[1].lower() not in VIDEO_SUFFIXES:
         raise InvalidArgumentError(f"video output must end in {' or '.join(VIDEO_SUFFIXES)}, got {output!r}")
+    if pipe.kind == "img2video":  # Stable Video Diffusion: the PROMPT argument is unused, --image is the input
+        if not args.image:
+            raise InvalidArgumentError("image-to-video engines need --image")
+        seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        cb, close = _progress(args.steps or pipe.default_steps, not args.no_progress and sys.stderr.isatty()
+                              or os.environ.get("FASTGEN_PROGRESS") == "1")
+        try:
+            out = pipe(args.image, num_frames=args.num_frames, num_inference_steps=args.steps, height=args.height,
+                       width=args.width, seed=seed, decode_chunk_size=args.decode_chunk_size, callback=cb)
+        finally:
+            close()
+        export_video(out.frames[0], output, fps=args.fps)
+        print(output)
+        print(f"seed {seed}, {out.frames.shape[1]} frames, {time.perf_counter() - t0:.2f}s total", file=sys.stderr)
+        return 0
     if args.image or args.mask or args.strength is not None:
         raise InvalidArgumentError("--image / --mask / --strength do not apply to text-to-video engines")
     if args.num_images != 1:
