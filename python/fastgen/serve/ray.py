@@ -154,6 +154,13 @@ def run_ray(engines, *, host: str = "127.0.0.1", port: int = 8000, replicas: int
     serve.start(http_options={"host": host, "port": int(port)})
     serve.run(build_app(engines, replicas=replicas, **opts), name="fastgen", route_prefix="/")
     print(f"fastgen serve (ray, {replicas} replicas) on http://{host}:{port}", flush=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    import signal
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         while True:
             time.sleep(3600)
