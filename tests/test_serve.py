@@ -347,6 +347,26 @@ def test_stream_progress_sse(eng):
     res = next(e for e in events if e.startswith("event: result"))
     assert json.loads(res.split("data: ", 1)[1])["data"][0]["b64_json"]
     assert events[-1] == "data: [DONE]"
+    assert all("preview" not in s for s in steps)
+
+
+def test_stream_previews(eng):
+    import json
+
+    from starlette.testclient import TestClient
+
+    app = create_app({"sd": eng}, warmup=False)
+    with TestClient(app) as c:
+        r = c.post("/v1/generate", json={"prompt": "a cat", "steps": STEPS, "preview": True})
+        assert r.status_code == 400 and "needs 'stream'" in r.json()["error"]["message"]
+        with c.stream("POST", "/v1/generate", json={"prompt": "a cat", "steps": STEPS, "seed": 1, "n": 2,
+                                                    "stream": True, "preview": True}) as r:
+            text = "".join(r.iter_text())
+    prog = [json.loads(e.split("data: ", 1)[1]) for e in text.split("\n\n") if e.startswith("event: progress")]
+    with_preview = [p for p in prog if "preview" in p]
+    assert with_preview and with_preview[-1]["step"] == with_preview[-1]["total"]
+    assert all(len(p["preview"]) == 2 for p in with_preview)
+    assert png_pixels(with_preview[-1]["preview"][1]).shape == (16, 16, 3)  # latent resolution, no VAE
 
 
 def test_async_jobs_and_cancel(eng, pipe):

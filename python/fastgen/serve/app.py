@@ -102,8 +102,11 @@ def create_app(engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_qu
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
 
-        def progress(step, total):
-            loop.call_soon_threadsafe(q.put_nowait, ("progress", {"step": step, "total": total}))
+        def progress(step, total, preview=None):
+            data = {"step": step, "total": total}
+            if preview is not None:
+                data["preview"] = preview
+            loop.call_soon_threadsafe(q.put_nowait, ("progress", data))
 
         work.progress = progress
         service.submit(work)

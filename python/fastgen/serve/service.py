@@ -138,6 +138,27 @@ def decode_image(name: str, v: Any):
         raise bad(f"'{name}' is not a readable image: {type(e).__name__}") from None
 
 
+PREVIEWS_PER_RUN = 5
+# latent -> RGB linear approximation for 4-channel SD latents (the usual "latent preview" factors)
+_SD_RGB = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264],
+                    [-0.184, -0.271, -0.473]], np.float32)
+
+
+def latent_preview(lat: np.ndarray):
+    """A cheap low-resolution RGB preview (PIL) of one latent (C, h, w), without the VAE."""
+    from PIL import Image
+
+    lat = np.asarray(lat, np.float32)
+    if lat.shape[0] == 4:
+        rgb = np.einsum("chw,ck->hwk", lat, _SD_RGB)
+        rgb = (rgb + 1.0) * 0.5
+    else:  # other latent spaces: the first three channels, normalized
+        x = lat[:3] if lat.shape[0] >= 3 else np.repeat(lat[:1], 3, axis=0)
+        x = (x - x.min()) / max(float(x.max() - x.min()), 1e-6)
+        rgb = np.moveaxis(x, 0, -1)
+    return Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), "RGB")
+
+
 def encode_png(img) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
@@ -217,12 +238,12 @@ class Jobs:
             self._works[jid] = work
         user_progress = work.progress
 
-        def progress(step, total):
+        def progress(step, total, preview=None):
             with self._lock:
                 job["status"] = "running"
                 job["progress"] = {"step": step, "total": total}
             if user_progress:
-                user_progress(step, total)
+                user_progress(step, total, preview)
 
         work.progress = progress
         work.future.add_done_callback(lambda f: self._done(jid, f))
@@ -394,14 +415,14 @@ class Service:
         if not isinstance(body, dict):
             raise bad("the request body must be a JSON object")
         if openai:
-            allowed = {"model", "prompt", "n", "size", "response_format", "stream", "async", "seed",
+            allowed = {"model", "prompt", "n", "size", "response_format", "stream", "async", "seed", "preview",
                        "negative_prompt", "steps", "num_inference_steps", "guidance", "guidance_scale",
                        "scheduler"} | OPENAI_IGNORED
         else:
             allowed = {"model", "engine", "prompt", "negative_prompt", "n", "num_images", "num_images_per_prompt",
                        "size", "height", "width", "steps", "num_inference_steps", "guidance", "guidance_scale",
                        "guidance_rescale", "eta", "seed", "scheduler", "image", "mask", "mask_image", "strength",
-                       "stream", "async", "response_format", "output_format"}
+                       "stream", "async", "response_format", "output_format", "preview"}
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise bad(f"unknown field(s): {', '.join(unknown)}")
@@ -457,6 +478,9 @@ class Service:
             p["height"], p["width"] = h, w
         self._check_size(pipe, p["width"], p["height"])
         opts = {"stream": _bool("stream", body.get("stream")), "async": _bool("async", body.get("async"))}
+        p["preview"] = _bool("preview", body.get("preview"))
+        if p["preview"] and not opts["stream"]:
+            raise bad("'preview' needs 'stream': true (previews come with the progress events)")
         if opts["stream"] and opts["async"]:
             raise bad("give only one of 'stream' and 'async'")
         mode = "inpaint" if p["mask"] is not None else "img2img" if p["image"] is not None else "text2img"
@@ -597,23 +621,36 @@ class Service:
             return self._execute_video(eng, works)
         return self._execute_image(eng, works)
 
-    def _callback(self, works: list[Work], total: int):
+    def _callback(self, works: list[Work], total: int, rows: list[tuple[int, int]] | None = None):
+        every = max(1, total // PREVIEWS_PER_RUN) if total else 1
+
         def cb(i, t, latents):
-            for w in works:
-                if w.progress is not None and not w.cancelled.is_set():
-                    try:
-                        w.progress(i + 1, total)
-                    except Exception:  # noqa: BLE001 - a progress sink never breaks the batch
-                        pass
+            step = i + 1
+            for k, w in enumerate(works):
+                if w.progress is None or w.cancelled.is_set():
+                    continue
+                preview = None
+                try:
+                    if (w.params.get("preview") and rows is not None and latents is not None
+                            and (step % every == 0 or step == total)):
+                        start, n = rows[k]
+                        preview = [encode_png(latent_preview(latents[r])) for r in range(start, start + n)]
+                    w.progress(step, total, preview)
+                except Exception:  # noqa: BLE001 - a progress sink never breaks the batch
+                    pass
             return not all(w.cancelled.is_set() for w in works)
         return cb
 
     def _execute_image(self, eng: Engine, works: list[Work]) -> list:
         pipe = eng.pipe
         p0 = works[0].params
+        rows, r0 = [], 0
+        for w in works:
+            rows.append((r0, w.params["n"]))
+            r0 += w.params["n"]
         kw = dict(num_inference_steps=p0["steps"], guidance_scale=p0["guidance"], height=p0["height"],
                   width=p0["width"], scheduler=p0["scheduler"], guidance_rescale=p0["guidance_rescale"], eta=p0["eta"],
-                  output_type="np", callback=self._callback(works, p0["total_steps"]))
+                  output_type="np", callback=self._callback(works, p0["total_steps"], rows))
         if len(works) == 1:
             kw.update(num_images_per_prompt=p0["n"], seed=p0["seed"], negative_prompt=p0["negative_prompt"])
             if p0["image"] is not None:
