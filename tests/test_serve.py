@@ -167,6 +167,32 @@ def test_dynamic_batching_reproduces_lone_requests(eng, pipe):
     app.state.service.close()
 
 
+def test_img2img_batched_reproduces_lone_requests(eng, pipe):
+    proxy = Proxy(pipe)
+    app = create_app({"sd": proxy}, max_batch=4, max_wait_ms=400, warmup=False)
+    rng = np.random.default_rng(1)
+    imgs = [(rng.random((64, 64, 3)) * 255).astype(np.uint8) for _ in range(2)]
+    enc = [base64.b64encode(_png_bytes(a)).decode() for a in imgs]
+    bodies = [{"prompt": "a cat", "image": enc[0], "strength": 0.6, "seed": 1, "steps": STEPS},
+              {"prompt": "a dog", "image": enc[1], "strength": 0.6, "seed": 2, "steps": STEPS, "n": 2},
+              {"prompt": "a dog", "image": enc[1], "strength": 0.9, "seed": 2, "steps": STEPS}]  # other strength
+    rs = run(post_all(app, bodies))
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+    assert [r.json()["batch"] for r in rs] == [2, 2, 1] and sorted(proxy.calls) == [1, 3]
+    for b, im, r in zip(bodies, [imgs[0], imgs[1], imgs[1]], rs):
+        want = pipe.img2img(b["prompt"], image=im, strength=b["strength"], num_inference_steps=STEPS, seed=b["seed"],
+                            num_images_per_prompt=b.get("n", 1), height=64, width=64).images
+        for d, w in zip(r.json()["data"], want):
+            np.testing.assert_array_equal(png_pixels(d["b64_json"]), np.asarray(w))
+    app.state.service.close()
+
+
+def _png_bytes(a):
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_incompatible_requests_not_merged(eng, pipe):
     proxy = Proxy(pipe)
     app = create_app({"sd": proxy}, max_batch=8, max_wait_ms=300, warmup=False)

@@ -503,10 +503,12 @@ class Service:
         p["total_steps"] = total
         cfg = pipe.uses_cfg(p["guidance"]) if hasattr(pipe, "uses_cfg") else p["guidance"] > 1.0
         key = None
-        if mode == "text2img" and not stochastic and self.batching:
-            # one network call per batch: every setting that is not per-row must be equal
-            key = ("text2img", p["height"], p["width"], p["steps"], p["scheduler"], cfg,
-                   p["guidance"] if cfg else None, p["guidance_rescale"], p["eta"], p["negative_prompt"] is None)
+        if mode != "inpaint" and not stochastic and self.batching:
+            # one network call per batch: every setting that is not per-row must be equal (img2img: the
+            # strength too; inpainting is never merged: given latents take another path than a seed there)
+            key = (mode, p["height"], p["width"], p["steps"], p["scheduler"], cfg,
+                   p["guidance"] if cfg else None, p["guidance_rescale"], p["eta"], p["negative_prompt"] is None,
+                   p["strength"] if mode == "img2img" else None)
         return Work(engine=eng.name, key=key, params=p, size=p["n"]), opts
 
     def parse_caption(self, body: Any) -> tuple[Work, dict]:
@@ -668,6 +670,9 @@ class Service:
             shape = (pipe.latent_channels, p0["height"] // f, p0["width"] // f)
             latents = np.concatenate([randn((w.params["n"],) + shape, w.params["seed"]) for w in works])
             kw.update(num_images_per_prompt=1, seed=p0["seed"], negative_prompt=negs, latents=latents)
+            if p0["mode"] == "img2img":  # one init image per row
+                kw.update(image=[w.params["image"] for w in works for _ in range(w.params["n"])],
+                          strength=p0["strength"])
         out = pipe(prompt, **kw)
         timings = dict(out.timings)
         for st in ("text_encode", "denoise", "vae_decode"):
