@@ -553,6 +553,15 @@ def test_video_jobs():
         assert c.post("/v1/generate", json={"prompt": "x", "model": "vid"}).status_code == 400
         bad_job = wait(c, c.post("/v1/videos", json={"prompt": "x", "eta": 0.5}).json()["id"])
         assert bad_job["status"] == "failed" and bad_job["error"]["type"] == "invalid_request_error"
+        # image-to-video engines take an image and no prompt
+        FakeVideo.kind = "img2video"
+        try:
+            assert c.post("/v1/videos", json={"prompt": "x"}).status_code == 400
+            assert "'image' is required" in c.post("/v1/videos", json={"num_frames": 2}).json()["error"]["message"]
+            r = c.post("/v1/videos", json={"image": b64png(24, 16), "num_frames": 2, "seed": 1})
+            assert r.status_code == 202 and wait(c, r.json()["id"])["status"] == "succeeded"
+        finally:
+            FakeVideo.kind = "text2video"
     want = FakeVideo()("a cat", seed=3, num_frames=3).frames[0]
     assert job["result"]["num_frames"] == 3 and job["result"]["seed"] == 3
     for got, w in zip(job["result"]["frames"], imgproc_to_pil(want)):

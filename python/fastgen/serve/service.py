@@ -549,9 +549,15 @@ class Service:
         if not isinstance(body, dict):
             raise bad("the request body must be a JSON object")
         eng = self.engine(body, "video")
-        allowed = {"prompt", "negative_prompt", "num_frames", "num_inference_steps", "steps", "guidance_scale",
-                   "guidance", "height", "width", "seed", "scheduler", "context_length", "context_stride",
-                   "decode_chunk_size", "guidance_rescale", "eta", "context_weighting"}
+        from_image = getattr(eng.pipe, "kind", "") == "img2video"
+        if from_image:  # Stable Video Diffusion: an image, no prompt
+            allowed = {"image", "num_frames", "num_inference_steps", "steps", "height", "width", "seed",
+                       "min_guidance_scale", "max_guidance_scale", "fps", "motion_bucket_id", "noise_aug_strength",
+                       "decode_chunk_size"}
+        else:
+            allowed = {"prompt", "negative_prompt", "num_frames", "num_inference_steps", "steps", "guidance_scale",
+                       "guidance", "height", "width", "seed", "scheduler", "context_length", "context_stride",
+                       "decode_chunk_size", "guidance_rescale", "eta", "context_weighting"}
         unknown = sorted(set(body) - allowed - {"model", "engine", "async"})
         if unknown:
             raise bad(f"unknown field(s): {', '.join(unknown)}")
@@ -567,8 +573,11 @@ class Service:
             args["num_frames"] = _int("num_frames", args["num_frames"], 1, 1024)
         seed = args.pop("seed", None)
         seed = (int.from_bytes(os.urandom(8), "little") >> 1) if seed is None else _int("seed", seed, 0, 2**63 - 1)
-        p = {"mode": "video", "prompt": _str("prompt", args.pop("prompt", None), required=True), "seed": seed,
-             "args": args}
+        if from_image:
+            p = {"mode": "video", "image": decode_image("image", args.pop("image", None)), "seed": seed, "args": args}
+        else:
+            p = {"mode": "video", "prompt": _str("prompt", args.pop("prompt", None), required=True), "seed": seed,
+                 "args": args}
         for k, v in args.items():
             if not isinstance(v, (int, float, str, bool)) or isinstance(v, float) and not math.isfinite(v):
                 raise bad(f"'{k}' must be a number, string or boolean")
@@ -710,8 +719,8 @@ class Service:
         (w,) = works
         p = w.params
         steps = p["args"].get("num_inference_steps") or getattr(eng.pipe, "default_steps", 0)
-        out = eng.pipe(p["prompt"], seed=p["seed"], output_type="np", callback=self._callback(works, steps),
-                       **p["args"])
+        first = p["image"] if "image" in p else p["prompt"]
+        out = eng.pipe(first, seed=p["seed"], output_type="np", callback=self._callback(works, steps), **p["args"])
         frames = getattr(out, "frames", None)
         frames = np.asarray(out.images if frames is None else frames)
         if frames.ndim == 5:  # (batch, frames, H, W, 3): one video per job
