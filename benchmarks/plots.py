@@ -31,7 +31,7 @@ def e2e(records: list[dict], path: str) -> str | None:
     if not recs:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(recs), figsize=(4.2 * len(recs), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(recs), figsize=(max(6.0, 4.2 * len(recs)), 4.2), squeeze=False)
     stages = ("text_encode", "unet", "vae_decode", "loop_overhead")
     shades = ("#7f7f7f", "#4c72b0", "#55a868", "#c44e52")
     for ax, r in zip(axes[0], recs):
@@ -56,7 +56,7 @@ def grouped(records: list[dict], path: str, *, xkey: str, ykey: str, ylabel: str
     if not recs:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(recs), figsize=(4.2 * len(recs), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(recs), figsize=(max(6.0, 4.2 * len(recs)), 4.0), squeeze=False)
     for ax, r in zip(axes[0], recs):
         xs = sorted({row[xkey] for row in r["rows"]})
         x = np.arange(len(xs))
@@ -141,3 +141,23 @@ def all_figures(out: str, results: dict) -> list[str]:
                             results.get("memory", {}).get("models", []), os.path.join(out, "cold_start_memory.png")))
     made.append(captioning(results.get("captioning", {}).get("models", []), os.path.join(out, "captioning.png")))
     return [m for m in made if m]
+
+
+def replot(out: str) -> list[str]:
+    """Redraw every figure from the JSON files in ``out`` (``python benchmarks/plots.py DIR``)."""
+    import json
+
+    results = {}
+    for name in ("e2e", "throughput", "batch_scaling", "cold_start", "memory", "captioning"):
+        p = os.path.join(out, f"{name}.json")
+        if os.path.isfile(p):
+            with open(p) as f:
+                results[name] = json.load(f)
+    results["import_time"] = results.get("cold_start", {}).get("import")
+    return all_figures(out, results)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print("\n".join(replot(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results")))

@@ -1,0 +1,176 @@
+"""Markdown tables from the JSON files run_all.py wrote: ``python benchmarks/report.py DIR``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _load(d, name):
+    p = os.path.join(d, f"{name}.json")
+    if not os.path.isfile(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def _x(v):
+    return "—" if v is None else f"{v:.1f}x"
+
+
+def _skip_or_err(r):
+    if "status" in r:
+        return f"| {r['model']} | {r['status']} |"
+    if "error" in r:
+        return f"| {r['model']} | error: {r['error'][:120]} |"
+    return None
+
+
+def header(d) -> str:
+    e = (_load(d, "e2e") or _load(d, "gpu"))["environment"]
+    g = _load(d, "gpu") or {}
+    vers = ", ".join(f"{k} {e[k]}" for k in ("fastgen", "onnxruntime", "torch", "diffusers", "transformers", "numpy")
+                     if k in e)
+    return (f"Last run: {e['date']} on {e['processor']} ({e['cpu_count']} cores, shared with other work), "
+            f"Python {e['python']}, {vers}. torch threads: {g.get('torch_threads', '?')}; ONNX Runtime default "
+            f"threads. GPU: {g.get('status', '?')}.")
+
+
+def loop_overhead(d) -> str:
+    j = _load(d, "loop_overhead")
+    out = ["| scheduler | latents | fastgen µs/step | diffusers µs/step | speed-up |", "|---|---|---:|---:|---:|"]
+    for r in j["rows"]:
+        out.append(f"| {r['scheduler']} | {r['shape']} | {r['fastgen_us_per_step']:.1f} | "
+                   f"{r['diffusers_us_per_step']:.1f} | {r['speedup']:.1f}x |")
+    return "\n".join(out)
+
+
+def e2e(d) -> str:
+    j = _load(d, "e2e")
+    out = ["| model | steps | image | framework | total s/image | text encode | UNet | VAE decode | loop + rest | "
+           "speed-up (min / median) |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in j.get("models", []):
+        s = _skip_or_err(r)
+        if s:
+            out.append(s)
+            continue
+        for fw in ("diffusers", "fastgen"):
+            m = r[fw]["min"]
+            rest = m["loop_overhead"] + m.get("other", 0.0)
+            sp = (f"{r['speedup_total']:.1f}x / {r['speedup_total_median']:.1f}x" if fw == "fastgen" else "")
+            out.append(f"| {r['model']} | {r['steps']} | {r['image_size']}px | {fw} | {m['total']:.3f} | "
+                       f"{m['text_encode']:.3f} | {m['unet']:.3f} | {m['vae_decode']:.3f} | {rest:.4f} | {sp} |")
+        sb = r["speedup_by_stage"]
+        out.append(f"| {r['model']} | | | *stage speed-up* | | {_x(sb['text_encode'])} | {_x(sb['unet'])} | "
+                   f"{_x(sb['vae_decode'])} | {_x(sb['loop_overhead'])} | |")
+    return "\n".join(out)
+
+
+def cold(d) -> str:
+    j = _load(d, "cold_start")
+    out = []
+    imp = j.get("import") or {}
+    if "rows" in imp:
+        out += ["| import (new process) | fastgen | diffusers | ratio |", "|---|---:|---:|---:|"]
+        f, g = imp["rows"]["fastgen"], imp["rows"]["diffusers"]
+        out.append(f"| `import` alone, s (min / median) | {f['import_s']['min']:.2f} / {f['import_s']['median']:.2f} | "
+                   f"{g['import_s']['min']:.2f} / {g['import_s']['median']:.2f} | {imp['speedup_import']:.1f}x |")
+        out.append(f"| spawn to imported, s (min) | {f['spawn_to_imported_s']['min']:.2f} | "
+                   f"{g['spawn_to_imported_s']['min']:.2f} | {imp['speedup_spawn_to_imported']:.1f}x |")
+        out.append(f"| torch loaded | {f['torch_loaded']} | {g['torch_loaded']} | |")
+        out.append("")
+    elif imp:
+        out.append(f"import: error {imp.get('error', '')[:200]}\n")
+    out += ["| model | framework | spawn → first image s | import s | load s | first call s | speed-up |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for r in j.get("models", []):
+        s = _skip_or_err(r)
+        if s:
+            out.append(s)
+            continue
+        for fw in ("diffusers", "fastgen"):
+            x = r["rows"][fw]
+            sp = f"{r['speedup_first_image']:.1f}x" if fw == "fastgen" else ""
+            out.append(f"| {r['model']} ({r['steps']} steps) | {fw} | {x['spawn_to_end_s']['min']:.2f} | "
+                       f"{x['import_s']['min']:.2f} | {x['load_s']['min']:.2f} | {x['first_call_s']['min']:.2f} | {sp} |")
+    return "\n".join(out)
+
+
+def memory(d) -> str:
+    j = _load(d, "memory")
+    out = ["| model | framework | peak RSS after load MiB | after first image MiB | after all calls MiB | ratio |",
+           "|---|---|---:|---:|---:|---:|"]
+    for r in j.get("models", []):
+        s = _skip_or_err(r)
+        if s:
+            out.append(s)
+            continue
+        for fw in ("diffusers", "fastgen"):
+            x = r["rows"][fw]
+            sp = f"{r['ratio_peak_rss']:.1f}x less" if fw == "fastgen" else ""
+            out.append(f"| {r['model']} ({r['calls']} calls) | {fw} | {x['peak_rss_after_load_mb']['min']:.0f} | "
+                       f"{x['peak_rss_first_image_mb']['min']:.0f} | {x['peak_rss_mb']['min']:.0f} | {sp} |")
+    return "\n".join(out)
+
+
+def throughput(d) -> str:
+    j = _load(d, "throughput")
+    out = ["| model | callers | diffusers images/s | fastgen images/s | speed-up |", "|---|---:|---:|---:|---:|"]
+    for r in j.get("models", []):
+        s = _skip_or_err(r)
+        if s:
+            out.append(s)
+            continue
+        by = {(x["framework"], x["callers"]): x["images_per_s"] for x in r["rows"]}
+        for c in sorted({x["callers"] for x in r["rows"]}):
+            out.append(f"| {r['model']} ({r['steps']} steps) | {c} | {by[('diffusers', c)]:.2f} | "
+                       f"{by[('fastgen', c)]:.2f} | {r['speedup_by_callers'][str(c)]:.1f}x |")
+    return "\n".join(out)
+
+
+def batch(d) -> str:
+    j = _load(d, "batch_scaling")
+    out = ["| model | images / prompt | diffusers s/image | fastgen s/image | speed-up |", "|---|---:|---:|---:|---:|"]
+    for r in j.get("models", []):
+        s = _skip_or_err(r)
+        if s:
+            out.append(s)
+            continue
+        by = {(x["framework"], x["num_images_per_prompt"]): x["s_per_image"] for x in r["rows"]}
+        for n in sorted({x["num_images_per_prompt"] for x in r["rows"]}):
+            out.append(f"| {r['model']} ({r['steps']} steps) | {n} | {by[('diffusers', n)]:.3f} | "
+                       f"{by[('fastgen', n)]:.3f} | {r['speedup_by_batch'][str(n)]:.1f}x |")
+    return "\n".join(out)
+
+
+def captioning(d) -> str:
+    j = _load(d, "captioning")
+    out = ["| model | beams | transformers captions/s | fastgen captions/s | transformers ms/token | "
+           "fastgen ms/token | speed-up | same ids |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in j.get("models", []):
+        s = _skip_or_err(r)
+        if s:
+            out.append(s)
+            continue
+        for x in r["rows"]:
+            out.append(f"| {r['model']} | {x['num_beams']} | {x['transformers_captions_per_s']:.2f} | "
+                       f"{x['fastgen_captions_per_s']:.2f} | {x['transformers_ms_per_token']:.1f} | "
+                       f"{x['fastgen_ms_per_token']:.1f} | {x['speedup']:.1f}x | {x['same_token_ids']} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    d = (argv or sys.argv[1:] or ["benchmarks/results"])[0]
+    print(header(d) + "\n")
+    for title, fn in (("loop overhead", loop_overhead), ("e2e", e2e), ("cold start", cold), ("memory", memory),
+                      ("throughput", throughput), ("batch scaling", batch), ("captioning", captioning)):
+        try:
+            print(f"### {title}\n\n{fn(d)}\n")
+        except Exception as e:  # noqa: BLE001
+            print(f"### {title}\n\n(missing: {e!r})\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
