@@ -11,7 +11,7 @@ each run as one network call with per-request seeds, exactly as the in-process b
     from fastgen.serve.ray import build_app
     serve.run(build_app({"sd": "/abs/path/sd15"}, replicas=2, max_batch=4), route_prefix="/")
 
-Needs ``pip install "ray[serve]"`` (tested with the version pinned in the ``serve`` extra).
+Needs ``pip install "fastgen[ray]"`` (ray[serve], tested with the version pinned in that extra).
 """
 
 from __future__ import annotations
