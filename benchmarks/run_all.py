@@ -149,7 +149,13 @@ def main(argv=None) -> int:
 
         t0 = time.perf_counter()
         _log("loop_overhead ...")
-        loop_overhead.main(["--out", args.out] + (["--quick"] if args.quick else []))
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            loop_overhead.main(["--out", args.out] + (["--quick"] if args.quick else []))
+        finally:
+            torch.set_num_threads(threads)  # loop_overhead pins torch to 1 thread; the others use the default
         _log(f"loop_overhead done in {time.perf_counter() - t0:.0f}s")
 
     models = {n: model(n) for n in model_names}
