@@ -16,9 +16,9 @@ namespace {
 
 using sigma_utils::f32;
 
-class Euler final : public SigmaScheduler {
+class Euler final : public EulerFamilyScheduler {
  public:
-  explicit Euler(const Config& cfg) : SigmaScheduler(cfg), ns_(NoiseSchedule::from_config(cfg)) {
+  explicit Euler(const Config& cfg) : EulerFamilyScheduler(cfg), ns_(NoiseSchedule::from_config(cfg)) {
     const std::string p = cfg.get_string("prediction_type", "epsilon", {"epsilon", "v_prediction", "sample", "original_sample"});
     prediction_ = p == "epsilon" ? Prediction::Epsilon : p == "v_prediction" ? Prediction::VPrediction : Prediction::Sample;
     log_linear_ = cfg.get_string("interpolation_type", "linear", {"linear", "log_linear"}) == "log_linear";
@@ -86,20 +86,6 @@ class Euler final : public SigmaScheduler {
     reset_state(n);
   }
 
-  double init_noise_sigma() const override {
-    float mx = 0;
-    if (sigmas_.empty()) for (double s : train_sigmas_) mx = std::max(mx, f32(s));
-    else for (double s : sigmas_) mx = std::max(mx, f32(s));
-    if (spacing_ == "linspace" || spacing_ == "trailing") return mx;
-    return std::sqrt(mx * mx + 1.0f);
-  }
-
-  void scale_model_input(const float* in, float* out, size_t n, double t) override {
-    const float sigma = sigma_at(sigma_index(t));
-    const float d = std::sqrt(sigma * sigma + 1.0f);
-    for (size_t i = 0; i < n; ++i) out[i] = in[i] / d;
-  }
-
   void step(const float* model_output, double t, const float* sample, float* out, size_t n, size_t batch,
             const float* noise, double eta) override {
     const int idx = sigma_index(t);
@@ -143,9 +129,8 @@ class Euler final : public SigmaScheduler {
   Prediction prediction_;
   bool log_linear_, karras_, exponential_, beta_, continuous_, final_sigma_min_;
   std::optional<double> sigma_min_, sigma_max_;
-  std::string spacing_;
   long long steps_offset_;
-  std::vector<double> train_sigmas_, log_sigmas_;
+  std::vector<double> log_sigmas_;
 };
 
 const Registrar reg("EulerDiscreteScheduler",

@@ -14,9 +14,9 @@ namespace {
 
 using sigma_utils::f32;
 
-class EulerAncestral final : public SigmaScheduler {
+class EulerAncestral final : public EulerFamilyScheduler {
  public:
-  explicit EulerAncestral(const Config& cfg) : SigmaScheduler(cfg), ns_(NoiseSchedule::from_config(cfg)) {
+  explicit EulerAncestral(const Config& cfg) : EulerFamilyScheduler(cfg), ns_(NoiseSchedule::from_config(cfg)) {
     v_pred_ = cfg.get_string("prediction_type", "epsilon", {"epsilon", "v_prediction"}) == "v_prediction";
     spacing_ = cfg.get_string("timestep_spacing", "linspace", spacing_names());
     steps_offset_ = cfg.get_int("steps_offset", 0);
@@ -43,20 +43,6 @@ class EulerAncestral final : public SigmaScheduler {
     sigmas_ = sig;
     timesteps_ = ts;
     reset_state(n);
-  }
-
-  double init_noise_sigma() const override {
-    float mx = 0;
-    if (sigmas_.empty()) for (double s : train_sigmas_) mx = std::max(mx, f32(s));
-    else for (double s : sigmas_) mx = std::max(mx, f32(s));
-    if (spacing_ == "linspace" || spacing_ == "trailing") return mx;
-    return std::sqrt(mx * mx + 1.0f);
-  }
-
-  void scale_model_input(const float* in, float* out, size_t n, double t) override {
-    const float sigma = sigma_at(sigma_index(t));
-    const float d = std::sqrt(sigma * sigma + 1.0f);
-    for (size_t i = 0; i < n; ++i) out[i] = in[i] / d;
   }
 
   void step(const float* model_output, double t, const float* sample, float* out, size_t n, size_t batch,
@@ -89,9 +75,7 @@ class EulerAncestral final : public SigmaScheduler {
  private:
   NoiseSchedule ns_;
   bool v_pred_;
-  std::string spacing_;
   long long steps_offset_;
-  std::vector<double> train_sigmas_;
 };
 
 const Registrar reg("EulerAncestralDiscreteScheduler",

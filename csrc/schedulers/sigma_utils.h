@@ -187,4 +187,30 @@ class SigmaScheduler : public Scheduler {
   std::vector<double> sigmas_;
 };
 
+// Shared by EulerDiscreteScheduler and EulerAncestralDiscreteScheduler: diffusers' init_noise_sigma rule
+// and the sigma-space input scaling x / sqrt(sigma^2 + 1).
+class EulerFamilyScheduler : public SigmaScheduler {
+ public:
+  using SigmaScheduler::SigmaScheduler;
+
+  double init_noise_sigma() const override {
+    using sigma_utils::f32;
+    float mx = 0;
+    if (sigmas_.empty()) for (double s : train_sigmas_) mx = std::max(mx, f32(s));
+    else for (double s : sigmas_) mx = std::max(mx, f32(s));
+    if (spacing_ == "linspace" || spacing_ == "trailing") return mx;
+    return std::sqrt(mx * mx + 1.0f);
+  }
+
+  void scale_model_input(const float* in, float* out, size_t n, double t) override {
+    const float sigma = sigma_at(sigma_index(t));
+    const float d = std::sqrt(sigma * sigma + 1.0f);
+    for (size_t i = 0; i < n; ++i) out[i] = in[i] / d;
+  }
+
+ protected:
+  std::string spacing_;
+  std::vector<double> train_sigmas_;
+};
+
 }  // namespace fastgen
