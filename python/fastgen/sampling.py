@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
 from . import _core
+from ._args import check_float
 from .errors import InvalidArgumentError
 from .schedulers import Scheduler
 
 __all__ = ["sample_loop", "randn"]
-
-
-def _finite(name: str, v: Any, lo: float, hi: float = math.inf) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError) as e:
-        raise InvalidArgumentError(f"{name} must be a number, got {type(v).__name__}") from e
-    if not (math.isfinite(f) and lo <= f <= hi):
-        raise InvalidArgumentError(f"{name} must be a finite number in [{lo}, {hi}], got {v}")
-    return f
 
 
 def sample_loop(scheduler: Scheduler, latents: np.ndarray, denoise: Callable[[np.ndarray, float], np.ndarray], *,
@@ -43,9 +32,9 @@ def sample_loop(scheduler: Scheduler, latents: np.ndarray, denoise: Callable[[np
         raise InvalidArgumentError("denoise must be callable: denoise(x, t) -> prediction")
     if callback is not None and not callable(callback):
         raise InvalidArgumentError("callback must be callable or None")
-    g = _finite("guidance_scale", guidance_scale, 0.0)
-    r = _finite("guidance_rescale", guidance_rescale, 0.0, 1.0)
-    e = _finite("eta", eta, 0.0)
+    g = check_float("guidance_scale", guidance_scale, 0.0)
+    r = check_float("guidance_rescale", guidance_rescale, 0.0, 1.0)
+    e = check_float("eta", eta, 0.0)
     return _core.sample_loop(scheduler.impl, latents, denoise, g, r, e, callback)
 
 

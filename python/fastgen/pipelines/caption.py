@@ -8,7 +8,6 @@ settings the token ids equal transformers' ``generate(do_sample=False)``.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 
 from .. import _core
 from ..errors import InvalidArgumentError, ManifestError, ModelLoadError, UnsupportedError
+from .._args import check_float, check_int
 from ..image import load_image
 from .base import Pipeline
 
@@ -31,26 +31,6 @@ class CaptionOutput:
     token_ids: list[list[int]]
     scores: list[float] | None = None
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def _int_arg(name: str, v: Any, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise InvalidArgumentError(f"{name} must be an int, got {type(v).__name__}")
-    if not lo <= int(v) <= hi:
-        raise InvalidArgumentError(f"{name} must be in [{lo}, {hi}], got {v}")
-    return int(v)
-
-
-def _float_arg(name: str, v: Any, lo: float = -math.inf, hi: float = math.inf, *, open_lo: bool = False) -> float:
-    if isinstance(v, bool):
-        raise InvalidArgumentError(f"{name} must be a number, got bool")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number, got {type(v).__name__}") from None
-    if not math.isfinite(f) or f < lo or f > hi or (open_lo and f == lo):
-        raise InvalidArgumentError(f"{name} must be a finite number {'>' if open_lo else '>='} {lo}, got {v!r}")
-    return f
 
 
 class CaptioningPipeline(Pipeline):
@@ -157,12 +137,12 @@ class CaptioningPipeline(Pipeline):
             raise InvalidArgumentError("images is empty: pass at least one image")
         if len(images) > MAX_IMAGES_PER_CALL:
             raise InvalidArgumentError(f"at most {MAX_IMAGES_PER_CALL} images per call, got {len(images)}")
-        max_new_tokens = _int_arg("max_new_tokens", max_new_tokens, 1, 4096)
-        num_beams = _int_arg("num_beams", num_beams, 1, 64)
-        num_return_sequences = _int_arg("num_return_sequences", num_return_sequences, 1, num_beams)
-        no_repeat_ngram_size = _int_arg("no_repeat_ngram_size", no_repeat_ngram_size, 0, 4096)
-        length_penalty = _float_arg("length_penalty", length_penalty)
-        repetition_penalty = _float_arg("repetition_penalty", repetition_penalty, 0.0, open_lo=True)
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, 4096)
+        num_beams = check_int("num_beams", num_beams, 1, 64)
+        num_return_sequences = check_int("num_return_sequences", num_return_sequences, 1, num_beams)
+        no_repeat_ngram_size = check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0, 4096)
+        length_penalty = check_float("length_penalty", length_penalty)
+        repetition_penalty = check_float("repetition_penalty", repetition_penalty, 0.0, open_lo=True)
         if not (early_stopping is True or early_stopping is False or early_stopping == "never"):
             raise InvalidArgumentError(f'early_stopping must be True, False or "never", got {early_stopping!r}')
         pixels = self.preprocess(list(images))

@@ -8,16 +8,16 @@ the network inputs and calls the backend sessions.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .. import image as imgproc
 from ..errors import InvalidArgumentError, ManifestError, ShapeError
+from .._args import check_float, check_int
 from ..sampling import randn, sample_loop
 from ..schedulers import Scheduler, from_config
 from ..tokenizer import PromptTokenizer
@@ -32,26 +32,6 @@ class Conditioning:
     """Per-row network conditioning for the (CFG) batch, in the order the loop feeds rows."""
 
     arrays: dict[str, np.ndarray]
-
-
-def _check_int(name: str, v: Any, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise InvalidArgumentError(f"{name} must be an int, got {type(v).__name__}")
-    if not lo <= int(v) <= hi:
-        raise InvalidArgumentError(f"{name} must be in [{lo}, {hi}], got {v}")
-    return int(v)
-
-
-def _check_float(name: str, v: Any, lo: float, hi: float = math.inf) -> float:
-    if isinstance(v, bool):
-        raise InvalidArgumentError(f"{name} must be a number, got bool")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number, got {type(v).__name__}") from None
-    if not (math.isfinite(f) and lo <= f <= hi):
-        raise InvalidArgumentError(f"{name} must be a finite number in [{lo}, {hi}], got {v!r}")
-    return f
 
 
 def _prompt_list(name: str, prompt: Any, batch: int | None = None) -> list[str]:
@@ -224,8 +204,8 @@ class StableDiffusionPipeline(Pipeline):
             dh, dw = imgproc.default_size(pil_image, f)
         else:
             dh, dw = self.default_height, self.default_width
-        h = dh if height is None else _check_int("height", height, 1, 1 << 16)
-        w = dw if width is None else _check_int("width", width, 1, 1 << 16)
+        h = dh if height is None else check_int("height", height, 1, 1 << 16)
+        w = dw if width is None else check_int("width", width, 1, 1 << 16)
         for name, v in (("height", h), ("width", w)):
             if v % f:
                 raise InvalidArgumentError(f"{name} must be a multiple of {f} for this engine, got {v}")
@@ -242,11 +222,11 @@ class StableDiffusionPipeline(Pipeline):
         timings: dict[str, float] = {}
         prompts = _prompt_list("prompt", prompt)
         negatives = None if negative_prompt is None else _prompt_list("negative_prompt", negative_prompt, len(prompts))
-        steps = self.default_steps if steps is None else _check_int("num_inference_steps", steps, 1, 1000)
-        g = self.default_guidance if guidance_scale is None else _check_float("guidance_scale", guidance_scale, 0.0)
-        rescale = _check_float("guidance_rescale", guidance_rescale, 0.0, 1.0)
-        eta = _check_float("eta", eta, 0.0)
-        n = _check_int("num_images_per_prompt", n, 1, MAX_IMAGES_PER_CALL)
+        steps = self.default_steps if steps is None else check_int("num_inference_steps", steps, 1, 1000)
+        g = self.default_guidance if guidance_scale is None else check_float("guidance_scale", guidance_scale, 0.0)
+        rescale = check_float("guidance_rescale", guidance_rescale, 0.0, 1.0)
+        eta = check_float("eta", eta, 0.0)
+        n = check_int("num_images_per_prompt", n, 1, MAX_IMAGES_PER_CALL)
         batch = len(prompts) * n
         if batch > MAX_IMAGES_PER_CALL:
             raise InvalidArgumentError(f"{batch} images in one call exceeds the limit of {MAX_IMAGES_PER_CALL}")
@@ -260,7 +240,7 @@ class StableDiffusionPipeline(Pipeline):
             raise InvalidArgumentError(f"seed must be an int in [0, 2**63), got {seed!r}")
         seed = int(seed)
         if mode != "text2img":
-            strength = _check_float("strength", strength, 0.0, 1.0)
+            strength = check_float("strength", strength, 0.0, 1.0)
             if strength <= 0:
                 raise InvalidArgumentError("strength must be > 0")
         pil_images = pil_masks = None

@@ -27,7 +27,8 @@ from .. import _core
 from .. import image as imgproc
 from ..errors import InvalidArgumentError, ManifestError, ShapeError, UnsupportedError
 from ..sampling import randn
-from .diffusion import StableDiffusionPipeline, _check_float, _check_int, _prompt_list
+from .._args import check_float, check_int
+from .diffusion import StableDiffusionPipeline, _prompt_list
 
 __all__ = ["TextToVideoPipeline", "ImageToVideoPipeline", "resize_with_antialiasing", "VideoOutput", "pipeline_for_video", "VIDEO_OUTPUT_TYPES"]
 
@@ -91,29 +92,29 @@ class TextToVideoPipeline(StableDiffusionPipeline):
               context_stride, decode_chunk_size, negative_prompt, n, guidance_rescale, eta, weighting) -> _Plan:
         prompts = _prompt_list("prompt", prompt)
         negatives = None if negative_prompt is None else _prompt_list("negative_prompt", negative_prompt, len(prompts))
-        frames = _check_int("num_frames", num_frames, 1, MAX_FRAMES)
-        steps = self.default_steps if steps is None else _check_int("num_inference_steps", steps, 1, 1000)
-        g = self.default_guidance if guidance_scale is None else _check_float("guidance_scale", guidance_scale, 0.0)
-        rescale = _check_float("guidance_rescale", guidance_rescale, 0.0, 1.0)
-        eta = _check_float("eta", eta, 0.0)
-        n = _check_int("num_videos_per_prompt", n, 1, MAX_VIDEOS_PER_CALL)
+        frames = check_int("num_frames", num_frames, 1, MAX_FRAMES)
+        steps = self.default_steps if steps is None else check_int("num_inference_steps", steps, 1, 1000)
+        g = self.default_guidance if guidance_scale is None else check_float("guidance_scale", guidance_scale, 0.0)
+        rescale = check_float("guidance_rescale", guidance_rescale, 0.0, 1.0)
+        eta = check_float("eta", eta, 0.0)
+        n = check_int("num_videos_per_prompt", n, 1, MAX_VIDEOS_PER_CALL)
         if len(prompts) * n > MAX_VIDEOS_PER_CALL:
             raise InvalidArgumentError(f"{len(prompts) * n} videos in one call exceeds the limit of {MAX_VIDEOS_PER_CALL}")
         m = self.motion_max_seq_length
         if context_length is None:
             ctx = min(frames, m)
         else:
-            ctx = _check_int("context_length", context_length, 1, 1 << 30)
+            ctx = check_int("context_length", context_length, 1, 1 << 30)
             if ctx > m:
                 raise InvalidArgumentError(f"context_length {ctx} exceeds the motion module's length {m}")
-        stride = _check_int("context_stride", context_stride, 1, 1 << 30) if context_stride is not None else 4
+        stride = check_int("context_stride", context_stride, 1, 1 << 30) if context_stride is not None else 4
         # checked against the context length asked for (the motion length by default), even when the
         # video fits one window and the stride does not matter
         limit = ctx if context_length is not None else m
         if stride > limit:
             raise InvalidArgumentError(f"context_stride must be in [1, context_length={limit}], got {stride}")
         stride = min(stride, ctx)
-        chunk = _check_int("decode_chunk_size", decode_chunk_size, 1, 1 << 16)
+        chunk = check_int("decode_chunk_size", decode_chunk_size, 1, 1 << 16)
         if weighting not in WEIGHTINGS:
             raise InvalidArgumentError(f"context_weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if seed is None:
@@ -338,7 +339,7 @@ class TextToVideoPipeline(StableDiffusionPipeline):
 
     def num_windows(self, num_frames: int, context_length: int | None = None, context_stride: int = 4) -> int:
         """How many UNet windows one step runs (for progress bars)."""
-        frames = _check_int("num_frames", num_frames, 1, MAX_FRAMES)
+        frames = check_int("num_frames", num_frames, 1, MAX_FRAMES)
         ctx = min(frames, self.motion_max_seq_length) if context_length is None else int(context_length)
         if frames <= ctx:
             return 1
@@ -437,15 +438,15 @@ class ImageToVideoPipeline(StableDiffusionPipeline):
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         pil = [imgproc.load_image(im) for im in (image if isinstance(image, list) else [image])]
-        frames = self.default_num_frames if num_frames is None else _check_int("num_frames", num_frames, 1, MAX_FRAMES)
-        steps = self.default_steps if num_inference_steps is None else _check_int("num_inference_steps",
+        frames = self.default_num_frames if num_frames is None else check_int("num_frames", num_frames, 1, MAX_FRAMES)
+        steps = self.default_steps if num_inference_steps is None else check_int("num_inference_steps",
                                                                                   num_inference_steps, 1, 1000)
-        gmin = _check_float("min_guidance_scale", min_guidance_scale, 0.0)
-        gmax = _check_float("max_guidance_scale", max_guidance_scale, 0.0)
-        aug = _check_float("noise_aug_strength", noise_aug_strength, 0.0)
-        fps = _check_float("fps", fps, 1.0)
-        mb = _check_float("motion_bucket_id", motion_bucket_id, 0.0)
-        chunk = frames if decode_chunk_size is None else _check_int("decode_chunk_size", decode_chunk_size, 1, 1 << 16)
+        gmin = check_float("min_guidance_scale", min_guidance_scale, 0.0)
+        gmax = check_float("max_guidance_scale", max_guidance_scale, 0.0)
+        aug = check_float("noise_aug_strength", noise_aug_strength, 0.0)
+        fps = check_float("fps", fps, 1.0)
+        mb = check_float("motion_bucket_id", motion_bucket_id, 0.0)
+        chunk = frames if decode_chunk_size is None else check_int("decode_chunk_size", decode_chunk_size, 1, 1 << 16)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
             raise InvalidArgumentError(f"seed must be an int in [0, 2**63), got {seed!r}")
         h, w = self._size(height, width, None)
