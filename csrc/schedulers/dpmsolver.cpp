@@ -23,9 +23,9 @@ using multistep::lambda_of;
 
 enum class Algo { DPMpp, DPM, SDEpp, SDE };
 
-class DPMSolverMultistep final : public Scheduler {
+class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
  public:
-  explicit DPMSolverMultistep(const Config& cfg) : Scheduler(cfg), ns_(NoiseSchedule::from_config(cfg)) {
+  explicit DPMSolverMultistep(const Config& cfg) : SigmaTableScheduler(cfg), ns_(NoiseSchedule::from_config(cfg)) {
     const long long order = cfg.get_int("solver_order", 2);
     if (order < 1 || order > 3)
       throw ConfigError("scheduler config 'solver_order' must be 1, 2 or 3, got " + std::to_string(order));
@@ -85,7 +85,6 @@ class DPMSolverMultistep final : public Scheduler {
   std::string class_name() const override { return "DPMSolverMultistepScheduler"; }
   std::unique_ptr<Scheduler> clone() const override { return std::make_unique<DPMSolverMultistep>(cfg_); }
   bool is_stochastic(double) const override { return algo_ == Algo::SDE || algo_ == Algo::SDEpp; }
-  bool scale_is_identity() const override { return true; }
 
   void set_timesteps(int n, std::optional<double> mu) override {
     if (mu) throw ArgumentError("DPMSolverMultistepScheduler does not take mu (dynamic shifting is not supported)");
@@ -190,24 +189,7 @@ class DPMSolverMultistep final : public Scheduler {
     advance();
   }
 
-  void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
-    require_timesteps();
-    int idx;
-    if (begin_index_ < 0) idx = index_for_timestep(t);
-    else idx = step_index_ >= 0 ? step_index_ : begin_index_;
-    idx = std::min(std::max(idx, 0), static_cast<int>(sigmas_.size()) - 1);
-    const AlphaSigma as = alpha_sigma(sigmas_[idx]);
-    for (size_t i = 0; i < n; ++i) out[i] = as.alpha * original[i] + as.sigma * noise[i];
-  }
-
  private:
-  // diffusers resolves the first step's index with index_for_timestep's "second match" rule. When the
-  // schedule's first timestep repeats (Karras sigmas on squaredcos_cap_v2 give 998, 998, ...), that starts
-  // one step late and diffusers fails on the last step. A first step at timesteps[0] starts at index 0
-  // instead (what diffusers does after set_begin_index(0)).
-  void start_at_head(double t) {
-    if (step_index_ < 0 && begin_index_ < 0 && !timesteps_.empty() && t == timesteps_[0]) step_index_ = 0;
-  }
   static double read_lambda_min_clipped(const Config& cfg) {
     // -inf (the default) arrives as a float that Config's finite-checking accessor would reject.
     auto it = cfg.values().find("lambda_min_clipped");
@@ -392,7 +374,6 @@ class DPMSolverMultistep final : public Scheduler {
   std::string spacing_;
   long long steps_offset_;
   std::vector<double> train_sigmas_, log_sigmas_;
-  std::vector<float> sigmas_;             // len(timesteps) + 1, float32 as diffusers
   std::vector<std::vector<float>> hist_;  // converted model outputs, oldest first
   int lower_order_nums_ = 0;
 };

@@ -66,12 +66,6 @@ class EulerAncestral final : public EulerFamilyScheduler {
     advance();
   }
 
-  void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
-    const int idx = noise_index(t);
-    const float sigma = sigma_at(idx);
-    for (size_t i = 0; i < n; ++i) out[i] = original[i] + noise[i] * sigma;
-  }
-
  private:
   NoiseSchedule ns_;
   bool v_pred_;

@@ -15,6 +15,7 @@
 #include "common.h"
 #include "schedulers/config.h"
 #include "schedulers/noise_schedule.h"
+#include "schedulers/scheduler.h"
 
 namespace fastgen::multistep {
 
@@ -119,5 +120,35 @@ inline std::optional<double> sigma_bound(const Config& cfg, const std::string& k
   if (v && !(*v >= 0)) throw ConfigError("scheduler config '" + key + "' must be >= 0, got " + fmt(*v));
   return v;
 }
+
+// Base of DPMSolverMultistepScheduler and UniPCMultistepScheduler: the float32 sigma table (len(timesteps)
+// + 1), identity input scaling, diffusers' add_noise index rule and the first-step index fix.
+class SigmaTableScheduler : public Scheduler {
+ public:
+  using Scheduler::Scheduler;
+
+  bool scale_is_identity() const override { return true; }
+
+  void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
+    require_timesteps();
+    int idx;
+    if (begin_index_ < 0) idx = index_for_timestep(t);
+    else idx = step_index_ >= 0 ? step_index_ : begin_index_;
+    idx = std::min(std::max(idx, 0), static_cast<int>(sigmas_.size()) - 1);
+    const AlphaSigma as = alpha_sigma(sigmas_[idx]);
+    for (size_t i = 0; i < n; ++i) out[i] = as.alpha * original[i] + as.sigma * noise[i];
+  }
+
+ protected:
+  // diffusers resolves the first step's index with index_for_timestep's "second match" rule. When the
+  // schedule's first timestep repeats (Karras sigmas on squaredcos_cap_v2 give 998, 998, ...), that starts
+  // one step late and diffusers fails on the last step. A first step at timesteps[0] starts at index 0
+  // instead (what diffusers does after set_begin_index(0)).
+  void start_at_head(double t) {
+    if (step_index_ < 0 && begin_index_ < 0 && !timesteps_.empty() && t == timesteps_[0]) step_index_ = 0;
+  }
+
+  std::vector<float> sigmas_;  // len(timesteps) + 1, float32 as diffusers
+};
 
 }  // namespace fastgen::multistep

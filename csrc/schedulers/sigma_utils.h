@@ -188,7 +188,7 @@ class SigmaScheduler : public Scheduler {
 };
 
 // Shared by EulerDiscreteScheduler and EulerAncestralDiscreteScheduler: diffusers' init_noise_sigma rule
-// and the sigma-space input scaling x / sqrt(sigma^2 + 1).
+// the sigma-space input scaling x / sqrt(sigma^2 + 1) and add_noise x + sigma * noise.
 class EulerFamilyScheduler : public SigmaScheduler {
  public:
   using SigmaScheduler::SigmaScheduler;
@@ -206,6 +206,11 @@ class EulerFamilyScheduler : public SigmaScheduler {
     const float sigma = sigma_at(sigma_index(t));
     const float d = std::sqrt(sigma * sigma + 1.0f);
     for (size_t i = 0; i < n; ++i) out[i] = in[i] / d;
+  }
+
+  void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
+    const float sigma = sigma_at(noise_index(t));
+    for (size_t i = 0; i < n; ++i) out[i] = original[i] + noise[i] * sigma;
   }
 
  protected:
