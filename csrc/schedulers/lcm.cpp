@@ -101,19 +101,7 @@ class LCM final : public Scheduler {
       const float denoised = c_out * x0 + c_skip * sample[i];
       out[i] = last ? denoised : s_prev * denoised + sb_prev * noise[i];
     };
-    const float lo = static_cast<float>(-clip_range_), hi = static_cast<float>(clip_range_);
-    if (thresholding_) {
-      x0_buf_.resize(n);
-      for (size_t i = 0; i < n; ++i) x0_buf_[i] = x0_of(i);
-      dynamic_threshold(x0_buf_.data(), n, batch, threshold_ratio_, sample_max_);
-      for (size_t i = 0; i < n; ++i) finish(i, x0_buf_[i]);
-    } else {
-      for (size_t i = 0; i < n; ++i) {
-        float x0 = x0_of(i);
-        if (clip_sample_) x0 = std::min(std::max(x0, lo), hi);
-        finish(i, x0);
-      }
-    }
+    process_x0(n, batch, x0_of, finish, thresholding_, threshold_ratio_, sample_max_, clip_sample_, clip_range_, x0_buf_);
     advance();
   }
 

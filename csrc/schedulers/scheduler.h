@@ -94,6 +94,27 @@ Prediction parse_prediction(const Config& cfg, bool allow_flow = false);
 // Dynamic thresholding (Imagen): per sample, s = clamp(quantile(|x0|, ratio), 1, max); x0 = clamp(x0, -s, s) / s.
 void dynamic_threshold(float* x0, size_t n, size_t batch, double ratio, double max_value);
 
+// The x0 post-processing shared by DDPM-style steps: for each element i, x0_of(i) -> x0, then either
+// dynamic thresholding over the whole prediction (buffered in `buf`) or clipping to [-clip, clip] when
+// `clip_sample`, then finish(i, x0) writes the output.
+template <class X0, class Finish>
+void process_x0(size_t n, size_t batch, X0&& x0_of, Finish&& finish, bool thresholding, double ratio,
+                double max_value, bool clip_sample, double clip, std::vector<float>& buf) {
+  if (thresholding) {
+    buf.resize(n);
+    for (size_t i = 0; i < n; ++i) buf[i] = x0_of(i);
+    dynamic_threshold(buf.data(), n, batch, ratio, max_value);
+    for (size_t i = 0; i < n; ++i) finish(i, buf[i]);
+    return;
+  }
+  const float lo = static_cast<float>(-clip), hi = static_cast<float>(clip);
+  for (size_t i = 0; i < n; ++i) {
+    float x0 = x0_of(i);
+    if (clip_sample) x0 = x0 < lo ? lo : (x0 > hi ? hi : x0);
+    finish(i, x0);
+  }
+}
+
 // Build the scheduler for a diffusers class name. Throws ConfigError for unknown classes.
 std::unique_ptr<Scheduler> make_scheduler(const std::string& class_name, const Config& cfg);
 // The class names make_scheduler accepts.
