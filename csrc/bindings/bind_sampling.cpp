@@ -36,12 +36,7 @@ void bind_sampling(py::module_& m) {
         DenoiseFn fn = [&](float* buf, size_t, double t) -> const float* {
           py::gil_scoped_acquire gil;
           py::object r = denoise(x, py::float_(t));
-          auto arr = require_f32(r, "denoise() result");
-          if (arr.size() != expect)
-            throw ShapeError("denoise() must return " + std::to_string(expect) + " float32 values shaped like its input " +
-                             shape_str(x_shape) + ", got shape " + shape_str(shape_of(arr)));
-          last_pred = arr;
-          return arr.data();
+          return checked_prediction(r, expect, x_shape, last_pred);
         };
         StepCallback cb;
         if (!callback.is_none()) {

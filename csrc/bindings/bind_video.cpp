@@ -51,12 +51,7 @@ void bind_video(py::module_& m) {
         WindowDenoiseFn fn = [&](float*, size_t, int start, double t) -> const float* {
           py::gil_scoped_acquire gil;
           py::object r = denoise(x, py::float_(t), py::int_(start));
-          auto arr = require_f32(r, "denoise() result");
-          if (arr.size() != expect)
-            throw ShapeError("denoise() must return float32 values shaped like its input " + shape_str(x_shape) +
-                             ", got shape " + shape_str(shape_of(arr)));
-          last_pred = arr;
-          return arr.data();
+          return checked_prediction(r, expect, x_shape, last_pred);
         };
         StepCallback cb;
         if (!callback.is_none()) {
@@ -115,12 +110,7 @@ void bind_video(py::module_& m) {
         WindowDenoiseFn fn = [&](float*, size_t, int start, double) -> const float* {
           py::gil_scoped_acquire gil;
           py::object r = denoise(x, py::int_(start));
-          auto arr = require_f32(r, "denoise() result");
-          if (arr.size() != expect)
-            throw ShapeError("denoise() must return float32 values shaped like its input " + shape_str(x_shape) +
-                             ", got shape " + shape_str(shape_of(arr)));
-          last_pred = arr;
-          return arr.data();
+          return checked_prediction(r, expect, x_shape, last_pred);
         };
         FifoExchangeFn ex = [&](int index, const float* head) -> const float* {
           py::gil_scoped_acquire gil;

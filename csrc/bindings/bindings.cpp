@@ -26,6 +26,16 @@ py::array_t<float, py::array::c_style> require_f32(const py::handle& obj, const 
   return py::array_t<float, py::array::c_style>::ensure(a);
 }
 
+const float* checked_prediction(const py::object& result, ssize_t expect, const std::vector<ssize_t>& x_shape,
+                                py::object& keep) {
+  auto arr = require_f32(result, "denoise() result");
+  if (arr.size() != expect)
+    throw ShapeError("denoise() must return " + std::to_string(expect) + " float32 values shaped like its input " +
+                     shape_str(x_shape) + ", got shape " + shape_str(shape_of(arr)));
+  keep = arr;
+  return arr.data();
+}
+
 }  // namespace fastgen::py_bind
 
 namespace py = pybind11;

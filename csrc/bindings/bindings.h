@@ -17,6 +17,11 @@ py::array_t<float, py::array::c_style> require_f32(const py::handle& obj, const 
 std::vector<ssize_t> shape_of(const py::array& a);
 std::string shape_str(const std::vector<ssize_t>& shape);
 
+// The float32 prediction a Python denoise() call returned, checked to hold `expect` values (the model
+// input's shape is `x_shape`); `keep` holds it alive until the next call. Call with the GIL held.
+const float* checked_prediction(const py::object& result, ssize_t expect, const std::vector<ssize_t>& x_shape,
+                                py::object& keep);
+
 void bind_random(py::module_& m);
 void bind_schedulers(py::module_& m);
 void bind_sampling(py::module_& m);
