@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common.h"
+#include "schedulers/kernels.h"
 
 namespace fastgen {
 
@@ -28,9 +29,9 @@ double stddev(const float* x, size_t n) {
 
 void combine_guidance(const float* uncond, const float* cond, float* out, size_t batch, size_t per_sample,
                       double guidance_scale, double guidance_rescale) {
-  const float g = static_cast<float>(guidance_scale);
   const size_t n = batch * per_sample;
-  for (size_t i = 0; i < n; ++i) out[i] = uncond[i] + g * (cond[i] - uncond[i]);
+  const kernels::GuidedOutput mo{uncond, cond, static_cast<float>(guidance_scale)};
+  FASTGEN_SIMD for (size_t i = 0; i < n; ++i) out[i] = mo(i);
   if (guidance_rescale > 0) {
     const float r = static_cast<float>(guidance_rescale);
     for (size_t b = 0; b < batch; ++b) {
@@ -55,24 +56,47 @@ int sample_loop(Scheduler& s, float* latents, size_t batch, size_t per_sample, f
   const bool cfg = uses_cfg(opt);
   const size_t n = batch * per_sample;
   const size_t rows = cfg ? 2 * batch : batch;
-  std::vector<float> guided(cfg ? n : 0);
+  // guidance_rescale needs the whole guided prediction (per-sample std) before the step, so it is
+  // formed in a buffer; plain guidance is fused into the scheduler step (StepIO).
+  const bool fuse_guidance = cfg && opt.guidance_rescale == 0;
+  std::vector<float> guided(cfg && !fuse_guidance ? n : 0);
   const int start = s.begin_index() >= 0 ? s.begin_index() : 0;
   int steps = 0;
+  bool fed = false;  // x_in already holds this step's model input (written by the previous step)
   for (int i = start; i < static_cast<int>(ts.size()); ++i) {
     const double t = ts[i];
-    if (cfg && s.scale_is_identity()) {
-      float* hi = x_in + n;
-      for (size_t k = 0; k < n; ++k) x_in[k] = hi[k] = latents[k];  // both CFG halves in one pass
-    } else {
-      s.scale_model_input(latents, x_in, n, t);
-      if (cfg) std::memcpy(x_in + n, x_in, n * sizeof(float));
+    if (!fed) {
+      if (cfg && s.scale_is_identity()) {
+        float* hi = x_in + n;
+        FASTGEN_SIMD for (size_t k = 0; k < n; ++k) {  // both CFG halves in one pass
+          const float v = latents[k];
+          x_in[k] = v;
+          hi[k] = v;
+        }
+      } else {
+        s.scale_model_input(latents, x_in, n, t);
+        if (cfg) std::memcpy(x_in + n, x_in, n * sizeof(float));
+      }
     }
     const float* pred = denoise(x_in, rows, t);
-    if (cfg) {
+    StepIO io;
+    if (fuse_guidance) {
+      io.uncond = pred;
+      io.cond = pred + n;
+      io.guidance = static_cast<float>(opt.guidance_scale);
+    } else if (cfg) {
       combine_guidance(pred, pred + n, guided.data(), batch, per_sample, opt.guidance_scale, opt.guidance_rescale);
-      pred = guided.data();
+      io.model_output = guided.data();
+    } else {
+      io.model_output = pred;
     }
-    s.step(pred, t, latents, latents, n, batch, nullptr, opt.eta);
+    // Without a callback the step also writes the next model input in the same pass. A callback may
+    // change the latents (inpainting blends them), so then the input is prepared after it instead.
+    if (!callback) {
+      io.feed[0] = x_in;
+      io.feed[1] = cfg ? x_in + n : x_in;
+    }
+    fed = s.step_io(io, t, latents, latents, n, batch, nullptr, opt.eta);
     ++steps;
     if (callback && !callback(i, t, latents)) break;  // the caller asked to stop early
   }

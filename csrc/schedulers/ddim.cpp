@@ -34,11 +34,15 @@ class DDIM final : public Scheduler {
   }
 
   bool is_stochastic(double eta) const override { return eta > 0; }
-  bool scale_is_identity() const override { return true; }
 
   void step(const float* model_output, double t, const float* sample, float* out, size_t n, size_t batch,
             const float* noise, double eta) override {
-    current_index(t);
+    step_io(StepIO::plain(model_output), t, sample, out, n, batch, noise, eta);
+  }
+
+  bool step_io(const StepIO& io, double t, const float* sample, float* out, size_t n, size_t batch,
+               const float* noise, double eta) override {
+    const int idx = current_index(t);
     const long long ti = static_cast<long long>(t);
     const long long prev_t = ti - ns_.num_train_timesteps / num_inference_steps_;
     const double a_t = ns_.alpha_prod(ti);
@@ -60,11 +64,22 @@ class DDIM final : public Scheduler {
       case Prediction::Sample: p = 0; q = 1; r = 1 / sb; s = -sa / sb; break;
       default: p = sa; q = -sb; r = sb; s = sa; break;
     }
+    bool fed = false;
     if (!clip_sample_ && !thresholding_) {
-      // prev = c_x0 * x0 + c_dir * eps, folded into one pass.
-      kernels::axpby(out, c_x0 * p + c_dir * r, sample, c_x0 * q + c_dir * s, model_output, n);
+      // prev = c_x0 * x0 + c_dir * eps (+ std_dev * noise), folded into one pass.
+      const float fa = static_cast<float>(c_x0 * p + c_dir * r), fb = static_cast<float>(c_x0 * q + c_dir * s);
+      const float fz = static_cast<float>(std_dev);
+      const float* z = noise;
+      fed = kernels::with_io(io, out, feed_scale(io, idx), [=](auto mo, auto store) {
+        if (z) {
+          FASTGEN_SIMD for (size_t i = 0; i < n; ++i) store(i, (fa * sample[i] + fb * mo(i)) + fz * z[i]);
+        } else {
+          FASTGEN_SIMD for (size_t i = 0; i < n; ++i) store(i, fa * sample[i] + fb * mo(i));
+        }
+      });
     } else {
       // x0 must be formed (and clipped / thresholded) before it is combined.
+      const float* model_output = materialize(io, n);
       x0_buf_.resize(n);
       eps_buf_.resize(n);
       kernels::axpby(x0_buf_.data(), p, sample, q, model_output, n);
@@ -72,9 +87,10 @@ class DDIM final : public Scheduler {
       if (thresholding_) dynamic_threshold(x0_buf_.data(), n, batch, threshold_ratio_, sample_max_);
       else kernels::clamp(x0_buf_.data(), -clip_range_, clip_range_, n);
       kernels::axpby(out, c_x0, x0_buf_.data(), c_dir, eps_buf_.data(), n);
+      if (eta > 0) kernels::add_scaled(out, std_dev, noise, n);
     }
-    if (eta > 0) kernels::add_scaled(out, std_dev, noise, n);
     advance();
+    return fed || feed_after(io, out, n);
   }
 
   void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {

@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "common.h"
+#include "schedulers/kernels.h"
 #include "schedulers/multistep_common.h"
 #include "schedulers/scheduler.h"
 
@@ -79,7 +80,7 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
     if (cfg.get_bool("rescale_betas_zero_snr", false)) ns_.alphas_cumprod.back() = std::ldexp(1.0, -24);
     train_sigmas_ = multistep::train_sigmas_f32(ns_.alphas_cumprod);
     log_sigmas_ = multistep::log_f32(train_sigmas_);
-    hist_.resize(order_);
+    hist_ = multistep::History(order_);
   }
 
   std::string class_name() const override { return "DPMSolverMultistepScheduler"; }
@@ -151,26 +152,26 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
   }
 
   void step(const float* model_output, double t, const float* sample, float* out, size_t n, size_t batch,
-            const float* noise, double) override {
+            const float* noise, double eta) override {
+    step_io(StepIO::plain(model_output), t, sample, out, n, batch, noise, eta);
+  }
+
+  bool step_io(const StepIO& io, double t, const float* sample, float* out, size_t n, size_t batch,
+               const float* noise, double) override {
     start_at_head(t);
     const int idx = current_index(t);
     const int N = static_cast<int>(timesteps_.size());
-    if (lower_order_nums_ > 0 && hist_.back().size() != n)
-      throw ShapeError("DPMSolverMultistepScheduler: the sample size changed from " +
-                       std::to_string(hist_.back().size()) + " to " + std::to_string(n) + " mid-schedule");
-    for (auto& h : hist_)
-      if (h.size() != n) h.assign(n, 0.0f);
+    if (lower_order_nums_ > 0 && hist_.size() != n)
+      throw ShapeError("DPMSolverMultistepScheduler: the sample size changed from " + std::to_string(hist_.size()) +
+                       " to " + std::to_string(n) + " mid-schedule");
+    hist_.ensure(n, sample, lower_order_nums_ == 0);
 
     const bool lower_final = idx == N - 1 && (euler_at_final_ || (lower_order_final_ && N < 15) || final_zero_);
     const bool lower_second = idx == N - 2 && lower_order_final_ && N < 15;
 
     // Shift the history; the oldest buffer receives this step's converted output.
-    std::rotate(hist_.begin(), hist_.begin() + 1, hist_.end());
-    float* m0 = hist_.back().data();
-    convert(model_output, sample, m0, n, batch, sigmas_[idx]);
-
-    const bool sde = algo_ == Algo::SDE || algo_ == Algo::SDEpp;
-    if (sde) noise = noise_or_draw(noise, n);
+    hist_.rotate();
+    float* m0 = hist_.newest();
 
     int use = 3;
     if (order_ == 1 || lower_order_nums_ < 1 || lower_final) use = 1;
@@ -181,12 +182,31 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
     // what the first-order update (and diffusers' midpoint order 2) computes there.
     if (use > 1 && point(idx + 1).lambda == point(idx).lambda) use = 1;
 
-    if (use == 1) first_order(idx, sample, m0, noise, out, n);
-    else if (use == 2) second_order(idx, sample, out, noise, n);
-    else third_order(idx, sample, out, noise, n);
-
+    const bool sde = algo_ == Algo::SDE || algo_ == Algo::SDEpp;
+    const float* z = sde ? noise_or_draw(noise, n) : nullptr;
+    const Coefs k = coefficients(idx, use);
+    const float* m1 = use > 1 ? hist_[order_ - 2] : nullptr;
+    const float* m2 = use > 2 ? hist_[order_ - 3] : nullptr;
+    const auto scale = feed_scale(io, idx);
+    bool fed;
+    if (thresholding_) {
+      // Thresholding needs the whole converted output first: convert into m0, then update from it.
+      convert(materialize(io, n), sample, m0, n, batch, sigmas_[idx]);
+      const StepIO conv = with_output(io, m0);
+      fed = kernels::with_io(conv, out, scale, [=](auto mo, auto store) {
+        update(use, k, sample, [=](size_t i, float) { return mo(i); }, m1, m2, z, store, n);
+      });
+    } else {
+      // convert_model_output and the update in one pass; m0 is stored for the next steps.
+      const Converter cv = converter(sigmas_[idx]);
+      fed = kernels::with_io(io, out, scale, [=](auto mo, auto store) {
+        update(use, k, sample, [=](size_t i, float xi) { const float v = cv(mo(i), xi); m0[i] = v; return v; },
+               m1, m2, z, store, n);
+      });
+    }
     if (lower_order_nums_ < order_) ++lower_order_nums_;
     advance();
+    return fed;
   }
 
  private:
@@ -203,29 +223,50 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
     return cfg.get_double("lambda_min_clipped", -std::numeric_limits<double>::infinity());
   }
 
-  // convert_model_output: x0 (dpmsolver++ family) or epsilon (dpmsolver family), thresholded if asked.
-  void convert(const float* m, const float* s, float* o, size_t n, size_t batch, float sigma) {
+  static StepIO with_output(const StepIO& io, const float* m) {
+    StepIO r = io;
+    r.model_output = m;
+    r.uncond = r.cond = nullptr;
+    return r;
+  }
+
+  // convert_model_output for one element, (a * sample - b * model_output) * c: x0 for the ++ family,
+  // epsilon otherwise, in diffusers' float32 arithmetic (its divisions as reciprocal multiplications).
+  struct Converter {
+    float a, b, c;
+    float operator()(float m, float s) const { return (a * s - b * m) * c; }
+  };
+  Converter converter(float sigma) const {
     const AlphaSigma as = alpha_sigma(sigma);
     const float at = as.alpha, st = as.sigma;
     if (algo_ == Algo::DPMpp || algo_ == Algo::SDEpp) {
       switch (prediction_) {
-        case Prediction::Epsilon: for (size_t i = 0; i < n; ++i) o[i] = (s[i] - st * m[i]) / at; break;
-        case Prediction::Sample: std::copy_n(m, n, o); break;
-        default: for (size_t i = 0; i < n; ++i) o[i] = at * s[i] - st * m[i]; break;
+        case Prediction::Epsilon: return {1.0f, st, 1.0f / at};  // (s - st * m) / at
+        case Prediction::Sample: return {0.0f, -1.0f, 1.0f};     // m
+        default: return {at, st, 1.0f};                          // at * s - st * m
       }
-      if (thresholding_) dynamic_threshold(o, n, batch, threshold_ratio_, sample_max_);
-      return;
     }
     switch (prediction_) {
-      case Prediction::Epsilon: std::copy_n(m, n, o); break;
-      case Prediction::Sample: for (size_t i = 0; i < n; ++i) o[i] = (s[i] - at * m[i]) / st; break;
-      default: for (size_t i = 0; i < n; ++i) o[i] = at * m[i] + st * s[i]; break;
+      case Prediction::Epsilon: return {0.0f, -1.0f, 1.0f};     // m
+      case Prediction::Sample: return {1.0f, at, 1.0f / st};    // (s - at * m) / st
+      default: return {st, -at, 1.0f};                         // at * m + st * s
     }
-    if (thresholding_) {
-      for (size_t i = 0; i < n; ++i) o[i] = (s[i] - st * o[i]) / at;
+  }
+
+  // The whole converted output (thresholded when configured).
+  void convert(const float* m, const float* s, float* o, size_t n, size_t batch, float sigma) const {
+    const Converter cv = converter(sigma);
+    for (size_t i = 0; i < n; ++i) o[i] = cv(m[i], s[i]);
+    if (!thresholding_) return;
+    if (algo_ == Algo::DPMpp || algo_ == Algo::SDEpp) {
       dynamic_threshold(o, n, batch, threshold_ratio_, sample_max_);
-      for (size_t i = 0; i < n; ++i) o[i] = (s[i] - at * o[i]) / st;
+      return;
     }
+    const AlphaSigma as = alpha_sigma(sigma);
+    const float at = as.alpha, st = as.sigma;
+    for (size_t i = 0; i < n; ++i) o[i] = (s[i] - st * o[i]) / at;
+    dynamic_threshold(o, n, batch, threshold_ratio_, sample_max_);
+    for (size_t i = 0; i < n; ++i) o[i] = (s[i] - at * o[i]) / st;
   }
 
   struct Point {
@@ -236,130 +277,135 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
     return {as.alpha, as.sigma, lambda_of(as)};
   }
 
-  void first_order(int idx, const float* x, const float* m, const float* z, float* out, size_t n) {
-    const Point t = point(idx + 1), s = point(idx);
-    const float h = t.lambda - s.lambda;
-    switch (algo_) {
-      case Algo::DPMpp: {
-        const float a = t.sigma / s.sigma, b = t.alpha * (std::exp(-h) - 1.0f);
-        for (size_t i = 0; i < n; ++i) out[i] = a * x[i] - b * m[i];
-        break;
+  // The update of every algorithm and order, with diffusers' signs folded into the coefficients:
+  //   order 1: a*x + b*D0
+  //   order 2: a*x + b*D0 + c*(k1*(D0 - D1))                         (D1 = k1 * (m0 - m1))
+  //   order 3: a*x + b*D0 + c*D1 + d*D2                              (D1, D2 from m0, m1, m2)
+  // each + e*noise for the SDE variants (x - y == x + (-y) exactly, so folding keeps the float32 values).
+  struct Coefs {
+    float a = 0, b = 0, c = 0, d = 0, e = 0, k0 = 0, k1 = 0, kd1 = 0, kd2 = 0;
+  };
+  Coefs coefficients(int idx, int use) const {
+    const Point t = point(idx + 1), s0 = point(idx);
+    const float h = t.lambda - s0.lambda;
+    Coefs k;
+    if (use == 1) {
+      switch (algo_) {
+        case Algo::DPMpp: k.a = t.sigma / s0.sigma; k.b = -(t.alpha * (std::exp(-h) - 1.0f)); break;
+        case Algo::DPM: k.a = t.alpha / s0.alpha; k.b = -(t.sigma * (std::exp(h) - 1.0f)); break;
+        case Algo::SDEpp:
+          k.a = t.sigma / s0.sigma * std::exp(-h);
+          k.b = t.alpha * (1.0f - std::exp(-2.0f * h));
+          k.e = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
+          break;
+        case Algo::SDE:
+          k.a = t.alpha / s0.alpha;
+          k.b = -(2.0f * (t.sigma * (std::exp(h) - 1.0f)));
+          k.e = t.sigma * std::sqrt(std::exp(2.0f * h) - 1.0f);
+          break;
       }
-      case Algo::DPM: {
-        const float a = t.alpha / s.alpha, b = t.sigma * (std::exp(h) - 1.0f);
-        for (size_t i = 0; i < n; ++i) out[i] = a * x[i] - b * m[i];
-        break;
-      }
-      case Algo::SDEpp: {
-        const float a = t.sigma / s.sigma * std::exp(-h), b = t.alpha * (1.0f - std::exp(-2.0f * h));
-        const float c = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
-        for (size_t i = 0; i < n; ++i) out[i] = a * x[i] + b * m[i] + c * z[i];
-        break;
-      }
-      case Algo::SDE: {
-        const float a = t.alpha / s.alpha, b = 2.0f * (t.sigma * (std::exp(h) - 1.0f));
-        const float c = t.sigma * std::sqrt(std::exp(2.0f * h) - 1.0f);
-        for (size_t i = 0; i < n; ++i) out[i] = a * x[i] - b * m[i] + c * z[i];
-        break;
-      }
+      return k;
     }
-  }
-
-  void second_order(int idx, const float* x, float* out, const float* z, size_t n) {
-    const Point t = point(idx + 1), s0 = point(idx), s1 = point(idx - 1);
-    const float* m0 = hist_[order_ - 1].data();
-    const float* m1 = hist_[order_ - 2].data();
-    const float h = t.lambda - s0.lambda, h0 = s0.lambda - s1.lambda;
+    const Point s1 = point(idx - 1);
+    const float h0 = s0.lambda - s1.lambda;
     const float r0 = h0 / h;
-    const float k1 = 1.0f / r0;  // D1 = (1 / r0) * (m0 - m1)
-    float a, b, c, e = 0;
-    // x_t = a*x (+|-) b*D0 (+|-) c*D1 (+ e*noise), signs per algorithm as diffusers writes them.
-    switch (algo_) {
-      case Algo::DPMpp: {
-        a = t.sigma / s0.sigma;
-        b = t.alpha * (std::exp(-h) - 1.0f);
-        if (!heun_) {
-          c = 0.5f * (t.alpha * (std::exp(-h) - 1.0f));
-          for (size_t i = 0; i < n; ++i) out[i] = a * x[i] - b * m0[i] - c * (k1 * (m0[i] - m1[i]));
-        } else {
-          c = t.alpha * ((std::exp(-h) - 1.0f) / h + 1.0f);
-          for (size_t i = 0; i < n; ++i) out[i] = a * x[i] - b * m0[i] + c * (k1 * (m0[i] - m1[i]));
-        }
-        break;
+    if (use == 2) {
+      k.k1 = 1.0f / r0;  // D1 = (1 / r0) * (m0 - m1)
+      switch (algo_) {
+        case Algo::DPMpp:
+          k.a = t.sigma / s0.sigma;
+          k.b = -(t.alpha * (std::exp(-h) - 1.0f));
+          k.c = heun_ ? t.alpha * ((std::exp(-h) - 1.0f) / h + 1.0f) : -(0.5f * (t.alpha * (std::exp(-h) - 1.0f)));
+          break;
+        case Algo::DPM:
+          k.a = t.alpha / s0.alpha;
+          k.b = -(t.sigma * (std::exp(h) - 1.0f));
+          k.c = -(heun_ ? t.sigma * ((std::exp(h) - 1.0f) / h - 1.0f) : 0.5f * (t.sigma * (std::exp(h) - 1.0f)));
+          break;
+        case Algo::SDEpp:
+          k.a = t.sigma / s0.sigma * std::exp(-h);
+          k.b = t.alpha * (1.0f - std::exp(-2.0f * h));
+          k.c = heun_ ? t.alpha * ((1.0f - std::exp(-2.0f * h)) / (-2.0f * h) + 1.0f)
+                      : 0.5f * (t.alpha * (1.0f - std::exp(-2.0f * h)));
+          k.e = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
+          break;
+        case Algo::SDE:
+          k.a = t.alpha / s0.alpha;
+          k.b = -(2.0f * (t.sigma * (std::exp(h) - 1.0f)));
+          k.c = -(heun_ ? 2.0f * (t.sigma * ((std::exp(h) - 1.0f) / h - 1.0f)) : t.sigma * (std::exp(h) - 1.0f));
+          k.e = t.sigma * std::sqrt(std::exp(2.0f * h) - 1.0f);
+          break;
       }
-      case Algo::DPM: {
-        a = t.alpha / s0.alpha;
-        b = t.sigma * (std::exp(h) - 1.0f);
-        c = heun_ ? t.sigma * ((std::exp(h) - 1.0f) / h - 1.0f) : 0.5f * (t.sigma * (std::exp(h) - 1.0f));
-        for (size_t i = 0; i < n; ++i) out[i] = a * x[i] - b * m0[i] - c * (k1 * (m0[i] - m1[i]));
-        break;
-      }
-      case Algo::SDEpp: {
-        a = t.sigma / s0.sigma * std::exp(-h);
-        b = t.alpha * (1.0f - std::exp(-2.0f * h));
-        c = heun_ ? t.alpha * ((1.0f - std::exp(-2.0f * h)) / (-2.0f * h) + 1.0f)
-                  : 0.5f * (t.alpha * (1.0f - std::exp(-2.0f * h)));
-        e = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
-        for (size_t i = 0; i < n; ++i) out[i] = a * x[i] + b * m0[i] + c * (k1 * (m0[i] - m1[i])) + e * z[i];
-        break;
-      }
-      case Algo::SDE: {
-        a = t.alpha / s0.alpha;
-        b = 2.0f * (t.sigma * (std::exp(h) - 1.0f));
-        c = heun_ ? 2.0f * (t.sigma * ((std::exp(h) - 1.0f) / h - 1.0f)) : t.sigma * (std::exp(h) - 1.0f);
-        e = t.sigma * std::sqrt(std::exp(2.0f * h) - 1.0f);
-        for (size_t i = 0; i < n; ++i) out[i] = a * x[i] - b * m0[i] - c * (k1 * (m0[i] - m1[i])) + e * z[i];
-        break;
-      }
+      return k;
     }
-  }
-
-  void third_order(int idx, const float* x, float* out, const float* z, size_t n) {
-    const Point t = point(idx + 1), s0 = point(idx), s1 = point(idx - 1), s2 = point(idx - 2);
-    const float* m0 = hist_[order_ - 1].data();
-    const float* m1 = hist_[order_ - 2].data();
-    const float* m2 = hist_[order_ - 3].data();
-    const float h = t.lambda - s0.lambda, h0 = s0.lambda - s1.lambda, h1 = s1.lambda - s2.lambda;
-    const float r0 = h0 / h, r1 = h1 / h;
-    const float k0 = 1.0f / r0, k1 = 1.0f / r1, kd1 = r0 / (r0 + r1), kd2 = 1.0f / (r0 + r1);
-    float a, b, c, d, e = 0;
-    float sb = -1, sc = 1, sd = -1;  // signs of the D0, D1, D2 terms
+    const Point s2 = point(idx - 2);
+    const float h1 = s1.lambda - s2.lambda;
+    const float r1 = h1 / h;
+    k.k0 = 1.0f / r0;
+    k.k1 = 1.0f / r1;
+    k.kd1 = r0 / (r0 + r1);
+    k.kd2 = 1.0f / (r0 + r1);
     switch (algo_) {
       case Algo::DPMpp:
-        a = t.sigma / s0.sigma;
-        b = t.alpha * (std::exp(-h) - 1.0f);
-        c = t.alpha * ((std::exp(-h) - 1.0f) / h + 1.0f);
-        d = t.alpha * ((std::exp(-h) - 1.0f + h) / (h * h) - 0.5f);
+        k.a = t.sigma / s0.sigma;
+        k.b = -(t.alpha * (std::exp(-h) - 1.0f));
+        k.c = t.alpha * ((std::exp(-h) - 1.0f) / h + 1.0f);
+        k.d = -(t.alpha * ((std::exp(-h) - 1.0f + h) / (h * h) - 0.5f));
         break;
       case Algo::DPM:
-        a = t.alpha / s0.alpha;
-        b = t.sigma * (std::exp(h) - 1.0f);
-        c = t.sigma * ((std::exp(h) - 1.0f) / h - 1.0f);
-        d = t.sigma * ((std::exp(h) - 1.0f - h) / (h * h) - 0.5f);
-        sc = -1;
+        k.a = t.alpha / s0.alpha;
+        k.b = -(t.sigma * (std::exp(h) - 1.0f));
+        k.c = -(t.sigma * ((std::exp(h) - 1.0f) / h - 1.0f));
+        k.d = -(t.sigma * ((std::exp(h) - 1.0f - h) / (h * h) - 0.5f));
         break;
       default: {  // SDEpp (SDE order 3 is rejected at construction)
-        a = t.sigma / s0.sigma * std::exp(-h);
-        b = t.alpha * (1.0f - std::exp(-2.0f * h));
-        c = t.alpha * ((1.0f - std::exp(-2.0f * h)) / (-2.0f * h) + 1.0f);
+        k.a = t.sigma / s0.sigma * std::exp(-h);
+        k.b = t.alpha * (1.0f - std::exp(-2.0f * h));
+        k.c = t.alpha * ((1.0f - std::exp(-2.0f * h)) / (-2.0f * h) + 1.0f);
         const float h2 = 2.0f * h;
-        d = t.alpha * ((1.0f - std::exp(-2.0f * h) - 2.0f * h) / (h2 * h2) - 0.5f);
-        e = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
-        sb = 1;
-        sd = 1;
+        k.d = t.alpha * ((1.0f - std::exp(-2.0f * h) - 2.0f * h) / (h2 * h2) - 0.5f);
+        k.e = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
         break;
       }
     }
-    for (size_t i = 0; i < n; ++i) {
-      const float d10 = k0 * (m0[i] - m1[i]), d11 = k1 * (m1[i] - m2[i]);
-      const float D1 = d10 + kd1 * (d10 - d11);
-      const float D2 = kd2 * (d10 - d11);
-      float v = a * x[i];
-      v = sb > 0 ? v + b * m0[i] : v - b * m0[i];
-      v = sc > 0 ? v + c * D1 : v - c * D1;
-      v = sd > 0 ? v + d * D2 : v - d * D2;
-      if (z) v = v + e * z[i];
-      out[i] = v;
+    return k;
+  }
+
+  // One pass of the update: m0_of(i, x_i) yields this step's converted output (reading it, or converting
+  // and storing it), store(i, v) writes the result.
+  template <class M0, class Store>
+  static void update(int use, const Coefs k, const float* x, M0&& m0_of, const float* m1, const float* m2,
+                     const float* z, Store&& store, size_t n) {
+    if (use == 1) {
+      auto v = [=](size_t i) {
+        const float xi = x[i];
+        return k.a * xi + k.b * m0_of(i, xi);
+      };
+      run(v, z, k.e, store, n);
+    } else if (use == 2) {
+      auto v = [=](size_t i) {
+        const float xi = x[i], m = m0_of(i, xi);
+        return (k.a * xi + k.b * m) + k.c * (k.k1 * (m - m1[i]));
+      };
+      run(v, z, k.e, store, n);
+    } else {
+      auto v = [=](size_t i) {
+        const float xi = x[i], m = m0_of(i, xi);
+        const float d10 = k.k0 * (m - m1[i]), d11 = k.k1 * (m1[i] - m2[i]);
+        const float D1 = d10 + k.kd1 * (d10 - d11);
+        const float D2 = k.kd2 * (d10 - d11);
+        return ((k.a * xi + k.b * m) + k.c * D1) + k.d * D2;
+      };
+      run(v, z, k.e, store, n);
+    }
+  }
+  // store(i, v(i) [+ e * z[i]]) for every i.
+  template <class V, class Store>
+  static void run(const V& v, const float* z, float e, const Store& store, size_t n) {
+    if (z) {
+      FASTGEN_SIMD for (size_t i = 0; i < n; ++i) store(i, v(i) + e * z[i]);
+    } else {
+      FASTGEN_SIMD for (size_t i = 0; i < n; ++i) store(i, v(i));
     }
   }
 
@@ -374,7 +420,7 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
   std::string spacing_;
   long long steps_offset_;
   std::vector<double> train_sigmas_, log_sigmas_;
-  std::vector<std::vector<float>> hist_;  // converted model outputs, oldest first
+  multistep::History hist_;  // converted model outputs, oldest first
   int lower_order_nums_ = 0;
 };
 

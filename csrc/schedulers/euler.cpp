@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "schedulers/kernels.h"
 #include "schedulers/scheduler.h"
 #include "schedulers/sigma_utils.h"
 
@@ -88,34 +89,47 @@ class Euler final : public EulerFamilyScheduler {
 
   void step(const float* model_output, double t, const float* sample, float* out, size_t n, size_t batch,
             const float* noise, double eta) override {
+    step_io(StepIO::plain(model_output), t, sample, out, n, batch, noise, eta);
+  }
+
+  // diffusers' x + ((x - x0) / sigma) * dt. For epsilon prediction (x - x0 = sigma * eps, well
+  // conditioned) the division is a multiplication by 1 / sigma; for v / sample prediction x - x0
+  // cancels when sigma is large (squaredcos schedules), so diffusers' exact division is kept.
+  bool step_io(const StepIO& io, double t, const float* sample, float* out, size_t n, size_t,
+               const float*, double) override {
     const int idx = sigma_index(t);
     const float sigma = sigma_at(idx), sigma_hat = sigma;
     const float dt = sigma_at(idx + 1) - sigma_hat;
-    switch (prediction_) {
-      case Prediction::Epsilon:
-        for (size_t i = 0; i < n; ++i) {
-          const float x = sample[i];
-          const float x0 = x - sigma_hat * model_output[i];
-          out[i] = x + ((x - x0) / sigma_hat) * dt;
+    const float inv = 1.0f / sigma_hat;
+    const Prediction pred = prediction_;
+    const bool fed = kernels::with_io(io, out, feed_scale(io, idx), [=](auto mo, auto store) {
+      switch (pred) {
+        case Prediction::Epsilon:
+          FASTGEN_SIMD for (size_t i = 0; i < n; ++i) {
+            const float x = sample[i];
+            const float x0 = x - sigma_hat * mo(i);
+            store(i, x + ((x - x0) * inv) * dt);
+          }
+          break;
+        case Prediction::VPrediction: {
+          const float s2 = sigma * sigma + 1.0f;
+          const float c = -sigma / std::sqrt(s2);
+          FASTGEN_SIMD for (size_t i = 0; i < n; ++i) {
+            const float x = sample[i];
+            const float x0 = mo(i) * c + x / s2;
+            store(i, x + ((x - x0) / sigma_hat) * dt);
+          }
+          break;
         }
-        break;
-      case Prediction::VPrediction: {
-        const float s2 = sigma * sigma + 1.0f;
-        const float c = -sigma / std::sqrt(s2);
-        for (size_t i = 0; i < n; ++i) {
-          const float x = sample[i];
-          const float x0 = model_output[i] * c + x / s2;
-          out[i] = x + ((x - x0) / sigma_hat) * dt;
-        }
-        break;
+        default:
+          FASTGEN_SIMD for (size_t i = 0; i < n; ++i) {
+            const float x = sample[i];
+            store(i, x + ((x - mo(i)) / sigma_hat) * dt);
+          }
       }
-      default:
-        for (size_t i = 0; i < n; ++i) {
-          const float x = sample[i];
-          out[i] = x + ((x - model_output[i]) / sigma_hat) * dt;
-        }
-    }
+    });
     advance();
+    return fed;
   }
 
  private:

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "schedulers/kernels.h"
 #include "schedulers/scheduler.h"
 #include "schedulers/sigma_utils.h"
 
@@ -106,20 +107,25 @@ class FlowMatchEuler final : public SigmaScheduler {
 
   void step(const float* model_output, double t, const float* sample, float* out, size_t n, size_t batch,
             const float* noise, double eta) override {
+    step_io(StepIO::plain(model_output), t, sample, out, n, batch, noise, eta);
+  }
+
+  bool step_io(const StepIO& io, double t, const float* sample, float* out, size_t n, size_t,
+               const float* noise, double) override {
     const int idx = sigma_index(t);
     const float sigma = sigma_at(idx), sigma_next = sigma_at(idx + 1);
-    if (stochastic_) {
-      noise = noise_or_draw(noise, n);
-      const float a = 1.0f - sigma_next;
-      for (size_t i = 0; i < n; ++i) {
-        const float x0 = sample[i] - sigma * model_output[i];
-        out[i] = a * x0 + sigma_next * noise[i];
+    const float* z = stochastic_ ? noise_or_draw(noise, n) : nullptr;
+    const bool fed = kernels::with_io(io, out, feed_scale(io, idx), [=](auto mo, auto store) {
+      if (z) {
+        const float a = 1.0f - sigma_next;
+        FASTGEN_SIMD for (size_t i = 0; i < n; ++i) store(i, a * (sample[i] - sigma * mo(i)) + sigma_next * z[i]);
+      } else {
+        const float dt = sigma_next - sigma;
+        FASTGEN_SIMD for (size_t i = 0; i < n; ++i) store(i, sample[i] + dt * mo(i));
       }
-    } else {
-      const float dt = sigma_next - sigma;
-      for (size_t i = 0; i < n; ++i) out[i] = sample[i] + dt * model_output[i];
-    }
+    });
     advance();
+    return fed;
   }
 
   // diffusers' scale_noise.

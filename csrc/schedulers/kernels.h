@@ -9,7 +9,71 @@
 #include <cmath>
 #include <cstddef>
 
+#include "schedulers/scheduler.h"
+
+// Marks an element-wise loop whose iterations are independent (each reads and writes only index i,
+// though `out` may be the same buffer as an input). GCC and Clang then vectorise it without runtime
+// alias checks, which they give up on for loops with many pointers (-fopenmp-simd: no OpenMP runtime).
+#if defined(_OPENMP) || defined(FASTGEN_OPENMP_SIMD)
+#define FASTGEN_SIMD _Pragma("omp simd")
+#else
+#define FASTGEN_SIMD
+#endif
+
 namespace fastgen::kernels {
+
+// Model-output readers and result writers for single-pass steps (see StepIO). A step kernel is a
+// generic lambda `k(mo, store)` with a loop `store(i, f(sample[i], mo(i), ...))`; with_io() runs it
+// with the reader / writer pair the StepIO asks for, so each combination is its own vectorised loop.
+struct PlainOutput {
+  const float* m;
+  float operator()(size_t i) const { return m[i]; }
+};
+// Classifier-free guidance: uncond + g * (cond - uncond), in float32.
+struct GuidedOutput {
+  const float* u;
+  const float* c;
+  float g;
+  float operator()(size_t i) const {
+    const float ui = u[i];
+    return ui + g * (c[i] - ui);
+  }
+};
+struct Store {
+  float* out;
+  void operator()(size_t i, float v) const { out[i] = v; }
+};
+// Also writes the next model input, v * scale, to both CFG halves.
+struct StoreFeed {
+  float* out;
+  float* f0;
+  float* f1;
+  float scale;
+  void operator()(size_t i, float v) const {
+    out[i] = v;
+    const float w = v * scale;
+    f0[i] = w;
+    f1[i] = w;
+  }
+};
+
+// Run kernel k(mo, store) with io's model output and `out` (+ io.feed scaled by `feed_scale`, when
+// given). Returns whether the next model input was written.
+template <class K>
+bool with_io(const StepIO& io, float* out, std::optional<float> feed_scale, K&& k) {
+  const bool feed = feed_scale.has_value() && io.feed[0] != nullptr;
+  const StoreFeed sf{out, io.feed[0], io.feed[1] ? io.feed[1] : io.feed[0], feed ? *feed_scale : 1.0f};
+  if (io.guided()) {
+    const GuidedOutput mo{io.uncond, io.cond, io.guidance};
+    if (feed) k(mo, sf);
+    else k(mo, Store{out});
+  } else {
+    const PlainOutput mo{io.model_output};
+    if (feed) k(mo, sf);
+    else k(mo, Store{out});
+  }
+  return feed;
+}
 
 // out = a*x + b*y
 inline void axpby(float* out, double a, const float* x, double b, const float* y, size_t n) {

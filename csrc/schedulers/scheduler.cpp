@@ -6,6 +6,7 @@
 #include <map>
 
 #include "common.h"
+#include "schedulers/kernels.h"
 
 namespace fastgen {
 
@@ -36,6 +37,37 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& class_name, const C
 
 void Scheduler::scale_model_input(const float* in, float* out, size_t n, double) {
   if (in != out) std::memcpy(out, in, n * sizeof(float));
+}
+
+const float* Scheduler::materialize(const StepIO& io, size_t n) {
+  if (!io.guided()) return io.model_output;
+  guided_buf_.resize(n);
+  const kernels::GuidedOutput mo{io.uncond, io.cond, io.guidance};
+  float* g = guided_buf_.data();
+  FASTGEN_SIMD for (size_t i = 0; i < n; ++i) g[i] = mo(i);
+  return guided_buf_.data();
+}
+
+bool Scheduler::feed_after(const StepIO& io, const float* out, size_t n) {
+  // The step has advanced step_index_ to the next step's index.
+  if (!io.feed[0] || step_index_ < 0 || step_index_ >= static_cast<int>(timesteps_.size())) return false;
+  const auto scale = input_scale_at(step_index_);
+  if (!scale) return false;
+  float* f0 = io.feed[0];
+  float* f1 = io.feed[1] ? io.feed[1] : io.feed[0];
+  const float s = *scale;
+  FASTGEN_SIMD for (size_t i = 0; i < n; ++i) {
+    const float w = out[i] * s;
+    f0[i] = w;
+    f1[i] = w;
+  }
+  return true;
+}
+
+bool Scheduler::step_io(const StepIO& io, double t, const float* sample, float* out, size_t n, size_t batch,
+                        const float* noise, double eta) {
+  step(materialize(io, n), t, sample, out, n, batch, noise, eta);
+  return feed_after(io, out, n);
 }
 
 void Scheduler::add_noise(const float* original, const float* noise, float* out, size_t n, double t) {

@@ -17,6 +17,27 @@
 
 namespace fastgen {
 
+// Where one step reads its model output and writes its result, so the sampling loop can run a whole
+// step in one pass over memory. The model output is either a plain prediction or the classifier-free
+// guidance combination uncond + guidance * (cond - uncond), formed element by element (no buffer, no
+// extra pass; the same float32 expression as combine_guidance). When `feed` is set, the step also
+// writes the next step's model input, scale_model_input(result, t_next), into feed[0] and feed[1]
+// (the two CFG halves; the same pointer twice without CFG) in the same pass.
+struct StepIO {
+  const float* model_output = nullptr;  // plain prediction, or nullptr with uncond / cond set
+  const float* uncond = nullptr;
+  const float* cond = nullptr;
+  float guidance = 1.0f;
+  float* feed[2] = {nullptr, nullptr};
+
+  static StepIO plain(const float* m) {
+    StepIO io;
+    io.model_output = m;
+    return io;
+  }
+  bool guided() const { return model_output == nullptr; }
+};
+
 class Scheduler {
  public:
   explicit Scheduler(Config cfg) : cfg_(std::move(cfg)) {}
@@ -39,15 +60,30 @@ class Scheduler {
 
   // diffusers' scale_model_input (identity by default).
   virtual void scale_model_input(const float* in, float* out, size_t n, double t);
-  // True when scale_model_input is the identity for every t (lets the loop skip a pass).
-  // Families that keep the default scale_model_input override this to return true.
-  virtual bool scale_is_identity() const { return false; }
+  // True when scale_model_input is the identity for every t (lets the loop skip a pass). Families
+  // that override scale_model_input must override this (and input_scale_at) too.
+  virtual bool scale_is_identity() const { return true; }
 
   // One denoising step: out = x_{t-1}. `noise` is standard normal noise of n values for
   // stochastic steps (nullptr: drawn from generator()). `batch` splits n into per-sample rows for
   // per-sample operations (dynamic thresholding).
   virtual void step(const float* model_output, double t, const float* sample, float* out, size_t n,
                     size_t batch, const float* noise, double eta) = 0;
+
+  // step() on io's model output (see StepIO). Returns true when it also wrote the next model input
+  // into io.feed (never after the last scheduled step, or when the next input is not a pure scale).
+  // The default forms the guided prediction in a buffer, calls step(), then feeds in a second pass;
+  // the hot families (DDIM, Euler, DPM-Solver multistep, flow-matching Euler) override it with
+  // single-pass kernels.
+  virtual bool step_io(const StepIO& io, double t, const float* sample, float* out, size_t n, size_t batch,
+                       const float* noise, double eta);
+
+  // The factor scale_model_input multiplies by at schedule index `index` when it is a pure scale
+  // (1 for identity families), or nothing when it is not.
+  virtual std::optional<float> input_scale_at(int index) const {
+    if (scale_is_identity()) return 1.0f;
+    return std::nullopt;
+  }
 
   // Forward-diffuse `original` to timestep t: img2img / inpainting starts.
   virtual void add_noise(const float* original, const float* noise, float* out, size_t n, double t);
@@ -74,6 +110,17 @@ class Scheduler {
   // scheduled timestep, and return the index. Call once per step(); then call advance().
   int current_index(double t);
   void advance() { ++step_index_; }
+  // The next model input's scale for a step that just ran at `index` (nothing after the last step,
+  // or when that input is not a pure scale), for step_io overrides.
+  std::optional<float> feed_scale(const StepIO& io, int index) const {
+    if (!io.feed[0] || index + 1 >= static_cast<int>(timesteps_.size())) return std::nullopt;
+    return input_scale_at(index + 1);
+  }
+  // The model output as one buffer (the guided prediction is formed in guided_buf_).
+  const float* materialize(const StepIO& io, size_t n);
+  // After a step (step_index_ advanced): write the next model input into io.feed in a separate pass
+  // when io asks for it and it is a pure scale. Returns whether it did.
+  bool feed_after(const StepIO& io, const float* out, size_t n);
   // Noise for a stochastic step: the caller's, or freshly drawn from the generator.
   const float* noise_or_draw(const float* noise, size_t n);
 
@@ -84,6 +131,7 @@ class Scheduler {
   int begin_index_ = -1;
   Generator generator_;
   std::vector<float> noise_buf_;
+  std::vector<float> guided_buf_;  // the default step_io's materialised guided prediction
 };
 
 // Convert a model output to (x0, eps) predictions for alphas_cumprod-style schedulers.

@@ -202,11 +202,14 @@ class EulerFamilyScheduler : public SigmaScheduler {
     return std::sqrt(mx * mx + 1.0f);
   }
 
+  // diffusers divides by sqrt(sigma^2 + 1); we multiply by its float32 reciprocal (within an ulp), so
+  // the sampling loop can write the next model input in the step's own pass (input_scale_at).
   void scale_model_input(const float* in, float* out, size_t n, double t) override {
-    const float sigma = sigma_at(sigma_index(t));
-    const float d = std::sqrt(sigma * sigma + 1.0f);
-    for (size_t i = 0; i < n; ++i) out[i] = in[i] / d;
+    const float k = input_scale(sigma_at(sigma_index(t)));
+    for (size_t i = 0; i < n; ++i) out[i] = in[i] * k;
   }
+  bool scale_is_identity() const override { return false; }
+  std::optional<float> input_scale_at(int index) const override { return input_scale(sigma_at(index)); }
 
   void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
     const float sigma = sigma_at(noise_index(t));
@@ -214,6 +217,8 @@ class EulerFamilyScheduler : public SigmaScheduler {
   }
 
  protected:
+  static float input_scale(float sigma) { return 1.0f / std::sqrt(sigma * sigma + 1.0f); }
+
   std::string spacing_;
   std::vector<double> train_sigmas_;
 };
