@@ -23,11 +23,11 @@ void bind_sampling(py::module_& m) {
         const size_t per = static_cast<size_t>(in.size()) / batch;
         const size_t rows = uses_cfg(opt) ? 2 * batch : batch;
         // Buffers owned by Python objects, so arrays handed to user code stay valid after the loop.
-        py::array_t<float> latents(shape_of(in));
-        std::memcpy(latents.mutable_data(), in.data(), in.size() * sizeof(float));
         auto x_shape = shape_of(in);
         x_shape[0] = static_cast<ssize_t>(rows);
         py::array_t<float> x(x_shape);
+        py::array_t<float> latents = empty_staggered(shape_of(in), x.data());
+        std::memcpy(latents.mutable_data(), in.data(), in.size() * sizeof(float));
         float* x_ptr = x.mutable_data();
         float* lat_ptr = latents.mutable_data();
         py::object last_pred;  // keeps the model output alive until the next call

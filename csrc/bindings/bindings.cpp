@@ -36,6 +36,17 @@ const float* checked_prediction(const py::object& result, ssize_t expect, const 
   return arr.data();
 }
 
+py::array_t<float> empty_staggered(const std::vector<ssize_t>& shape, const void* other) {
+  constexpr uintptr_t page = 4096, half = 2048;
+  ssize_t count = 1;
+  for (ssize_t d : shape) count *= d;
+  py::array_t<float> flat(count + static_cast<ssize_t>(page / sizeof(float)));  // one page of slack
+  float* base = flat.mutable_data();
+  const uintptr_t want = (reinterpret_cast<uintptr_t>(other) + half) % page;
+  const uintptr_t shift = (want + page - reinterpret_cast<uintptr_t>(base) % page) % page;
+  return py::array_t<float>(shape, base + shift / sizeof(float), flat);  // a view that keeps `flat` alive
+}
+
 }  // namespace fastgen::py_bind
 
 namespace py = pybind11;
@@ -43,6 +54,23 @@ using namespace fastgen;
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastgen C++ core: schedulers, sampling loop, Philox noise, video frame buffers, caption search";
+#ifndef FASTGEN_ISA
+#define FASTGEN_ISA "portable"
+#endif
+  // How the core was compiled: "native" (-march=native, the source-build default) or "portable",
+  // and the widest vector instruction set the compiler could use.
+  m.attr("build_isa") = FASTGEN_ISA;
+#if defined(__AVX512F__)
+  m.attr("simd") = "avx512";
+#elif defined(__AVX2__)
+  m.attr("simd") = "avx2";
+#elif defined(__SSE2__)
+  m.attr("simd") = "sse2";
+#elif defined(__ARM_NEON)
+  m.attr("simd") = "neon";
+#else
+  m.attr("simd") = "scalar";
+#endif
   // Map C++ error types onto the Python hierarchy in fastgen.errors (a pure-Python module).
   py::module_ errors = py::module_::import("fastgen.errors");
   static PyObject* config_error = py::object(errors.attr("ConfigError")).release().ptr();

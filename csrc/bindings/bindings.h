@@ -22,6 +22,12 @@ std::string shape_str(const std::vector<ssize_t>& shape);
 const float* checked_prediction(const py::object& result, ssize_t expect, const std::vector<ssize_t>& x_shape,
                                 py::object& keep);
 
+// A new C-contiguous float32 array of `shape` whose data starts 2 KiB away from `other` modulo 4 KiB.
+// The sampling loop streams its latents and model-input buffers in the same pass; when their
+// addresses agree in the low 12 bits (as two fresh large numpy allocations do: both are mmap'd pages
+// plus the same header) loads falsely depend on stores (4K aliasing) and a step runs 2-4x slower.
+py::array_t<float> empty_staggered(const std::vector<ssize_t>& shape, const void* other);
+
 void bind_random(py::module_& m);
 void bind_schedulers(py::module_& m);
 void bind_sampling(py::module_& m);
