@@ -1,5 +1,7 @@
 #include "random/philox.h"
 
+#include "common.h"  // FASTGEN_SIMD
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -95,29 +97,71 @@ std::array<uint32_t, 4> philox4x32_10(std::array<uint32_t, 4> c, std::array<uint
   return c;
 }
 
+// Philox-4x32-10 of the counters (index, 0, 0) for index = first .. first + count - 1, in
+// structure-of-arrays form (c0[j] .. c3[j] is block first + j) so the rounds vectorise across blocks.
+static void philox_blocks(uint64_t seed, uint64_t first, size_t count, uint32_t* c0, uint32_t* c1, uint32_t* c2,
+                          uint32_t* c3) {
+  for (size_t j = 0; j < count; ++j) {
+    const uint64_t index = first + j;
+    c0[j] = static_cast<uint32_t>(index);
+    c1[j] = static_cast<uint32_t>(index >> 32);
+    c2[j] = 0u;
+    c3[j] = 0u;
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    FASTGEN_SIMD for (size_t j = 0; j < count; ++j) {
+      const uint64_t p0 = static_cast<uint64_t>(kMul0) * c0[j];
+      const uint64_t p1 = static_cast<uint64_t>(kMul1) * c2[j];
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[j] ^ k0;
+      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[j] ^ k1;
+      c0[j] = n0;
+      c1[j] = static_cast<uint32_t>(p1);
+      c2[j] = n2;
+      c3[j] = static_cast<uint32_t>(p0);
+    }
+    k0 += kWeyl0;
+    k1 += kWeyl1;
+  }
+}
+
+// Box-Muller of the uniform pairs (a[j], b[j]) -> (rad * cos, rad * sin) into x[j], y[j].
+static void box_muller(const uint32_t* a, const uint32_t* b, float* x, float* y, size_t count) {
+  FASTGEN_SIMD for (size_t j = 0; j < count; ++j) {
+    const float u1 = to_unit_open0(a[j]);
+    const float u2 = to_unit(b[j]);
+    const float rad = std::sqrt(-2.0f * log_unit(u1));
+    float s, c;
+    sincos_turns(u2, s, c);
+    x[j] = rad * c;
+    y[j] = rad * s;
+  }
+}
+
 uint64_t fill_normal(float* out, size_t n, uint64_t seed, uint64_t block_offset) {
   // Block b yields values 4b..4b+3: two Box-Muller pairs (u1, u2) = (r0, r1) and (r2, r3).
-  uint32_t bits[4 * kChunkBlocks];
-  float buf[4 * kChunkBlocks];
+  alignas(64) uint32_t c0[kChunkBlocks], c1[kChunkBlocks], c2[kChunkBlocks], c3[kChunkBlocks];
+  alignas(64) float v0[kChunkBlocks], v1[kChunkBlocks], v2[kChunkBlocks], v3[kChunkBlocks];
   uint64_t b = block_offset;
   size_t i = 0;
   while (i < n) {
     const size_t blocks = std::min<size_t>(kChunkBlocks, (n - i + 3) / 4);
-    for (size_t j = 0; j < blocks; ++j) {
-      const auto r = block(seed, b + j);
-      std::memcpy(bits + 4 * j, r.data(), sizeof r);
-    }
-    for (size_t p = 0; p < 2 * blocks; ++p) {  // independent pairs: this loop vectorises
-      const float u1 = to_unit_open0(bits[2 * p]);
-      const float u2 = to_unit(bits[2 * p + 1]);
-      const float rad = std::sqrt(-2.0f * log_unit(u1));
-      float s, c;
-      sincos_turns(u2, s, c);
-      buf[2 * p] = rad * c;
-      buf[2 * p + 1] = rad * s;
-    }
+    philox_blocks(seed, b, blocks, c0, c1, c2, c3);
+    box_muller(c0, c1, v0, v1, blocks);
+    box_muller(c2, c3, v2, v3, blocks);
     const size_t take = std::min(n - i, 4 * blocks);
-    std::memcpy(out + i, buf, take * sizeof(float));
+    float* o = out + i;
+    if (take == 4 * blocks) {
+      FASTGEN_SIMD for (size_t j = 0; j < blocks; ++j) {
+        o[4 * j] = v0[j];
+        o[4 * j + 1] = v1[j];
+        o[4 * j + 2] = v2[j];
+        o[4 * j + 3] = v3[j];
+      }
+    } else {
+      const float* v[4] = {v0, v1, v2, v3};
+      for (size_t k = 0; k < take; ++k) o[k] = v[k % 4][k / 4];
+    }
     i += take;
     b += blocks;
   }
