@@ -358,3 +358,37 @@ def test_export_stable_video_diffusion(tmp_path):
     with Image.open(out) as im:
         assert im.n_frames == 3
     assert cli.main(["generate", eng, "", "--num-frames", "3", "-o", str(out)]) == 2  # no --image
+
+
+def test_export_without_fifo_unet(animatediff, tmp_path):
+    """`fastgen export --no-fifo-unet` (export(fifo_unet=False)) leaves unet_fifo out; long_video="fifo"
+    on that engine is a clear UnsupportedError, context windows still work. The default (and
+    --fifo-unet) exports it: see test_export_manifest."""
+    import argparse
+
+    from fastgen import cli
+    from fastgen_export.cli import add_export_arguments
+
+    p = argparse.ArgumentParser()
+    add_export_arguments(p)
+    assert p.parse_args(["s", "o"]).fifo_unet is True
+    assert p.parse_args(["s", "o", "--fifo-unet"]).fifo_unet is True
+    assert p.parse_args(["s", "o", "--no-fifo-unet"]).fifo_unet is False
+
+    src, _ = animatediff
+    eng = tmp_path / "no-fifo"
+    assert cli.main(["export", src, str(eng), "--no-fifo-unet", "--no-parity", "-q"]) == 0
+    m = json.load(open(eng / "fastgen.json"))
+    assert set(m["components"]) == {"text_encoder", "unet", "vae_decoder"}
+    assert m["config"]["per_frame_timestep"] is False
+    assert not any("fifo" in f for f in os.listdir(eng))
+    vid = fastgen.Pipeline.load(str(eng))
+    kw = dict(num_frames=6, num_inference_steps=2, height=32, width=32, context_length=4, seed=1)
+    with pytest.raises(fastgen.UnsupportedError, match="--fifo-unet") as e:
+        vid("a cat", long_video="fifo", **kw)
+    assert isinstance(e.value, fastgen.FastgenError)
+    assert vid("a cat", **kw).frames.shape == (1, 6, 32, 32, 3)
+    from fastgen_export.api import export
+
+    with pytest.raises(fastgen.ExportError, match="fifo_unet"):
+        export(src, str(tmp_path / "bad"), fifo_unet="no", log=None)

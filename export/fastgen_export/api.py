@@ -45,7 +45,7 @@ def _stderr(msg: str) -> None:
 
 def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", opset: int = 18,
            overwrite: bool = False, optimize: bool = False, parity: bool = True, tolerance: float | None = None,
-           log: Log | None = _stderr) -> str:
+           fifo_unet: bool = True, log: Log | None = _stderr) -> str:
     """Export the diffusers pipeline ``src`` (a ``save_pretrained`` folder or a hub id) to ``out``.
 
     Args:
@@ -56,6 +56,10 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
         optimize: apply ONNX Runtime's basic graph optimisations offline (and onnxslim if installed).
         parity: compare every graph with torch in ONNX Runtime at a shape other than the traced one.
         tolerance: absolute parity bound for every component (default: per dtype, see parity.py).
+        fifo_unet: AnimateDiff (text2video) sources only: also export ``unet_fifo``, the motion UNet with
+            one timestep per frame that ``long_video="fifo"`` needs (it doubles the UNet on disk). False
+            leaves it out; such an engine raises UnsupportedError for ``long_video="fifo"``. Other
+            sources have no such component and ignore it.
         log: progress sink (default: stderr); None silences it.
     Returns:
         the absolute path of the engine directory.
@@ -69,6 +73,8 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
         raise ExportError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
     if tolerance is not None and not tolerance > 0:
         raise ExportError(f"tolerance must be > 0, got {tolerance!r}")
+    if not isinstance(fifo_unet, bool):
+        raise ExportError(f"fifo_unet must be True or False, got {fifo_unet!r}")
     out = os.path.abspath(os.fspath(out))
     _check_output(out, overwrite)
     # --- captioning (issue 8): transformers captioner folders go to fastgen_export.caption ---
@@ -84,8 +90,10 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     from . import video as _video
 
     exporter_cls: Callable[..., Any] = _Exporter
+    extra: dict[str, Any] = {}
     if _video.is_video_pipeline(root):
         plan, exporter_cls = _video.plan_video_pipeline(root), _video.VideoExporter
+        extra["fifo_unet"] = fifo_unet
     else:
         plan = dif.plan_pipeline(root)
     # --- end video ---
@@ -100,7 +108,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     try:
         os.chmod(work, 0o777 & ~mf.current_umask())
         exporter_cls(plan, work, source_id=source_id, dtype=dtype, opset=opset, optimize=optimize,
-                  parity=parity, tolerance=tolerance, log=log).run()
+                  parity=parity, tolerance=tolerance, log=log, **extra).run()
         _commit(work, out, overwrite)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

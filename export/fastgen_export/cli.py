@@ -28,6 +28,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the ONNX Runtime vs torch parity check")
     p.add_argument("--tolerance", type=float, default=None,
                    help="absolute parity tolerance for every component (default: per dtype)")
+    p.add_argument("--fifo-unet", action=argparse.BooleanOptionalAction, default=True,
+                   help="AnimateDiff sources: also export unet_fifo, the per-frame-timestep UNet that "
+                        "`fastgen generate --long-video fifo` needs (default: exported; --no-fifo-unet leaves "
+                        "it out and halves the UNet's disk size)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -36,6 +40,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = export(args.src, args.out, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite,
                  optimize=args.optimize, parity=args.parity, tolerance=args.tolerance,
+                 fifo_unet=getattr(args, "fifo_unet", True),
                  log=None if getattr(args, "quiet", False) else _log("fastgen export"))
     print(out)
     return 0

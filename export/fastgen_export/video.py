@@ -201,8 +201,10 @@ def _make_video_exporter():
     class VideoExporter(base):
         """api._Exporter for AnimateDiff: motion UNet with a frames axis, image VAE decoder only."""
 
-        #: also export ``unet_fifo`` (per-frame timesteps, for long_video="fifo"); see FIFO_ENV
-        per_frame_timestep = os.environ.get("FASTGEN_EXPORT_FIFO", "1") != "0"
+        def __init__(self, *args, fifo_unet: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            #: also export ``unet_fifo`` (per-frame timesteps, for long_video="fifo"): export(fifo_unet=...)
+            self.per_frame_timestep = bool(fifo_unet)
 
         def run(self) -> None:
             if self.plan.family == "svd":

@@ -211,8 +211,9 @@ class TextToVideoPipeline(StableDiffusionPipeline):
         DDIM step per slot move every frame one level down, the clean head frame is emitted and
         fresh noise (Philox, seed ^ 0xF1F0, offset = index * frame size) enters at the tail."""
         if not self.manifest.has("unet_fifo"):
-            raise UnsupportedError("this engine has no per-frame-timestep UNet (unet_fifo): re-export it to use "
-                                   "long_video='fifo'")
+            raise UnsupportedError("long_video='fifo' needs the per-frame-timestep UNet (unet_fifo), which this "
+                                   "engine was exported without: re-export it with `fastgen export --fifo-unet` "
+                                   "(fastgen_export.export(..., fifo_unet=True), the default)")
         if callback is not None:
             raise InvalidArgumentError("callback= is not supported with long_video='fifo' (use window_callback)")
         if p.latents is not None:
