@@ -143,11 +143,20 @@ def test_callback_changes_to_latents_reach_the_next_model_input(name):
     np.testing.assert_array_equal(got, x)
 
 
-def test_latents_are_staggered_from_the_model_input():
-    """The loop's two large buffers sit 2 KiB apart modulo 4 KiB (no 4K aliasing between their streams)."""
-    ptrs = []
-    s = fresh("ddim", 2)
+@pytest.mark.parametrize("name", ["ddim", "euler"])
+def test_latents_buffer_placement(name):
+    """Identity input scaling (DDIM): the latents are the model input's first half (one stream less
+    per step). Otherwise (Euler): their own buffer, 2 KiB from the input modulo 4 KiB, so the two
+    streams do not 4K-alias."""
+    kept = []
+    s = fresh(name, 2)
     out = fastgen.sample_loop(s, np.ones((1, 4, 64, 64), np.float32),
-                              lambda x, t: ptrs.append(x.ctypes.data) or np.zeros_like(x), guidance_scale=7.5)
+                              lambda x, t: kept.append(x) or np.zeros_like(x), guidance_scale=7.5)
     assert out.flags["C_CONTIGUOUS"] and out.shape == (1, 4, 64, 64)
-    assert (out.ctypes.data - ptrs[0]) % 4096 == 2048
+    x = kept[0]
+    if name == "ddim":
+        assert out.ctypes.data == x.ctypes.data and np.shares_memory(out, x)
+        np.testing.assert_array_equal(out, x[:1])  # the last step wrote the latents in place
+    else:
+        assert not np.shares_memory(out, x)
+        assert (out.ctypes.data - x.ctypes.data) % 4096 == 2048

@@ -26,7 +26,11 @@ void bind_sampling(py::module_& m) {
         auto x_shape = shape_of(in);
         x_shape[0] = static_cast<ssize_t>(rows);
         py::array_t<float> x(x_shape);
-        py::array_t<float> latents = empty_staggered(shape_of(in), x.data());
+        // With identity input scaling the latents live in the model input's first half (one stream
+        // less per step); otherwise in their own buffer, staggered from the input's.
+        py::array_t<float> latents =
+            s.scale_is_identity() ? py::array_t<float>(shape_of(in), x.mutable_data(), x)
+                                  : empty_staggered(shape_of(in), x.data());
         std::memcpy(latents.mutable_data(), in.data(), in.size() * sizeof(float));
         float* x_ptr = x.mutable_data();
         float* lat_ptr = latents.mutable_data();

@@ -51,6 +51,8 @@ int sample_loop(Scheduler& s, float* latents, size_t batch, size_t per_sample, f
   if (!std::isfinite(opt.guidance_rescale) || opt.guidance_rescale < 0 || opt.guidance_rescale > 1)
     throw ArgumentError("guidance_rescale must be in [0, 1], got " + fmt(opt.guidance_rescale));
   if (!std::isfinite(opt.eta) || opt.eta < 0) throw ArgumentError("eta must be >= 0, got " + fmt(opt.eta));
+  if (x_in == latents && !s.scale_is_identity())
+    throw ArgumentError(s.class_name() + " scales its model input, so the latents cannot share the input buffer");
   const auto& ts = s.timesteps();
   if (ts.empty()) throw ScheduleError(s.class_name() + ": call set_timesteps() before sampling");
   const bool cfg = uses_cfg(opt);
@@ -66,7 +68,9 @@ int sample_loop(Scheduler& s, float* latents, size_t batch, size_t per_sample, f
   for (int i = start; i < static_cast<int>(ts.size()); ++i) {
     const double t = ts[i];
     if (!fed) {
-      if (cfg && s.scale_is_identity()) {
+      if (x_in == latents) {  // the latents are the model input's first half
+        if (cfg) std::memcpy(x_in + n, latents, n * sizeof(float));
+      } else if (cfg && s.scale_is_identity()) {
         float* hi = x_in + n;
         FASTGEN_SIMD for (size_t k = 0; k < n; ++k) {  // both CFG halves in one pass
           const float v = latents[k];

@@ -28,7 +28,8 @@ bool uses_cfg(const LoopOptions& opt);
 
 // Run the scheduler's remaining timesteps (from its begin index) over `latents` in place.
 // `x_in` is the caller-owned model-input buffer of (cfg ? 2 : 1) * batch * per_sample floats that
-// denoise() receives. Returns the number of steps taken.
+// denoise() receives. When the scheduler's input scaling is the identity, `latents` may be x_in
+// itself (its first half): each step then writes one stream less. Returns the number of steps taken.
 int sample_loop(Scheduler& scheduler, float* latents, size_t batch, size_t per_sample, float* x_in,
                 const DenoiseFn& denoise, const StepCallback& callback, const LoopOptions& opt);
 

@@ -50,21 +50,33 @@ struct StoreFeed {
   }
 };
 
+// The latents are the first CFG half of the model input (identity input scaling): also writes v
+// to the second half.
+struct StoreMirror {
+  float* out;
+  float* f1;
+  void operator()(size_t i, float v) const {
+    out[i] = v;
+    f1[i] = v;
+  }
+};
+
 // Run kernel k(mo, store) with io's model output and `out` (+ io.feed scaled by `feed_scale`, when
-// given). Returns whether the next model input was written.
+// given). When io.feed[0] is `out` itself (the loop keeps the latents in the model input) the scale
+// must be 1. Returns whether the next model input was written.
 template <class K>
 bool with_io(const StepIO& io, float* out, std::optional<float> feed_scale, K&& k) {
-  const bool feed = feed_scale.has_value() && io.feed[0] != nullptr;
-  const StoreFeed sf{out, io.feed[0], io.feed[1] ? io.feed[1] : io.feed[0], feed ? *feed_scale : 1.0f};
-  if (io.guided()) {
-    const GuidedOutput mo{io.uncond, io.cond, io.guidance};
-    if (feed) k(mo, sf);
-    else k(mo, Store{out});
-  } else {
-    const PlainOutput mo{io.model_output};
-    if (feed) k(mo, sf);
-    else k(mo, Store{out});
-  }
+  bool feed = feed_scale.has_value() && io.feed[0] != nullptr;
+  const bool mirror = feed && io.feed[0] == out;
+  if (mirror && *feed_scale != 1.0f) feed = false;  // cannot hold both v and v * scale: the loop prevents it
+  float* f1 = io.feed[1] ? io.feed[1] : io.feed[0];
+  auto run = [&](const auto& mo) {
+    if (!feed) k(mo, Store{out});
+    else if (mirror) k(mo, StoreMirror{out, f1});
+    else k(mo, StoreFeed{out, io.feed[0], f1, *feed_scale});
+  };
+  if (io.guided()) run(GuidedOutput{io.uncond, io.cond, io.guidance});
+  else run(PlainOutput{io.model_output});
   return feed;
 }
 

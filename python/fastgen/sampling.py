@@ -23,8 +23,13 @@ def sample_loop(scheduler: Scheduler, latents: np.ndarray, denoise: Callable[[np
     ``init_noise_sigma``). With ``guidance_scale > 1`` the model input is the classifier-free-guidance
     batch of 2 * batch rows, unconditional half first, and ``denoise(x, t)`` must return predictions
     for all of them; guidance (and ``guidance_rescale``) are applied in C++. ``callback(step, t,
-    latents)`` runs after each step; returning False stops early. The GIL is released except inside
-    ``denoise`` and ``callback``.
+    latents)`` runs after each step (it may change ``latents`` in place, e.g. to blend an inpainting
+    mask); returning False stops early. The GIL is released except inside ``denoise`` and ``callback``.
+
+    ``denoise`` must treat ``x`` as read-only: the loop reuses that buffer every step and, for
+    schedulers without input scaling, keeps the latents in its first half. Each step is one pass
+    over memory: guidance, the scheduler update and the next step's model input are computed
+    together (results are identical to the step-by-step loop).
     """
     if not isinstance(scheduler, Scheduler):
         raise InvalidArgumentError(f"scheduler must be a fastgen Scheduler, got {type(scheduler).__name__}")
