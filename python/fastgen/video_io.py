@@ -1,15 +1,19 @@
 """Writing videos: ``fastgen.export_video(frames, "out.mp4" | "out.gif", fps=8)``.
 
 Frames may be a (frames, H, W, 3) array (float in [0, 1] or uint8), a list of PIL images or arrays,
-or any iterator of them (for example ``TextToVideoPipeline.iter_frames(...)``): MP4 is written frame
-by frame as frames arrive, so a long video never needs all its frames in memory. MP4 uses PyAV
-(``pip install "fastgen[video]"``), else imageio-ffmpeg when installed; GIF uses Pillow.
+or any iterator of them (for example ``TextToVideoPipeline.iter_frames(...)``): both formats are
+written frame by frame as frames arrive, so a long video never needs all its frames in memory. MP4 uses
+PyAV (``pip install "fastgen[video]"``), else imageio-ffmpeg when installed. GIF needs only Pillow:
+:class:`_GifWriter` streams a GIF89a file itself and uses Pillow to quantise and LZW-encode one frame at a
+time (each frame gets its own 256-colour palette, as Pillow's adaptive conversion makes it).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -115,10 +119,101 @@ class _ImageioWriter:
             self.gen.close()
 
 
+class _GifWriter:
+    """A streaming animated-GIF (GIF89a) writer: header and NETSCAPE loop block on the first frame, then
+    per frame a graphic control extension (its delay), an image descriptor with a local colour table and
+    the LZW data, written as it comes; the trailer on close. Memory: one frame.
+
+    Pillow encodes each frame (its default RGB -> adaptive 256-colour palette conversion and its LZW
+    encoder) as a one-frame GIF in memory; the palette and image data are copied from it. Delays are in
+    the format's 1/100 s: frame i lasts round(100 (i+1) / fps) - round(100 i / fps), so the total
+    duration is n / fps to the nearest 1/100 s (8 fps: 12, 13, 12, 13, ... centiseconds)."""
+
+    def __init__(self, path: str, fps: float):
+        self.path, self.fps = path, fps
+        self.f = None
+        self.n = 0
+
+    def _start(self, w: int, h: int) -> None:
+        if not (0 < w < 65536 and 0 < h < 65536):
+            raise InvalidArgumentError(f"GIF frames must be at most 65535 x 65535 pixels, got {w} x {h}")
+        self.f = open(self.path, "wb")
+        # logical screen: no global colour table (every frame has its own), background 0, aspect 0
+        self.f.write(b"GIF89a" + struct.pack("<HHBBB", w, h, 0, 0, 0))
+        # NETSCAPE2.0 application extension: loop forever
+        self.f.write(b"\x21\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", 0) + b"\x00")
+
+    def _delay(self, i: int) -> int:
+        return int(round(100 * (i + 1) / self.fps)) - int(round(100 * i / self.fps))
+
+    def write(self, frame: np.ndarray) -> None:
+        from PIL import Image
+
+        h, w = frame.shape[:2]
+        if self.f is None:
+            self._start(w, h)
+        table, descriptor, data = _gif_frame_blocks(Image.fromarray(frame))
+        # graphic control extension: disposal 1 (leave the frame), no transparency, delay in 1/100 s
+        gce = b"\x21\xf9\x04" + struct.pack("<BHB", 1 << 2, min(self._delay(self.n), 65535), 0) + b"\x00"
+        size_code = max(0, (len(table) // 3).bit_length() - 2)  # table holds 2 ** (size_code + 1) entries
+        packed = 0x80 | descriptor[8] | size_code  # local colour table; Pillow's interlace bit
+        self.f.write(gce + b"\x2c" + descriptor[:8] + bytes([packed]) + table + data)
+        self.f.flush()  # the frame is in the file (a reader of a growing GIF sees it); nothing is kept
+        self.n += 1
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.write(b"\x3b")
+            self.f.close()
+
+
+def _skip_sub_blocks(d: bytes, i: int) -> int:
+    """Index just past a chain of GIF data sub-blocks (length byte + data, ended by a 0 length)."""
+    while d[i]:
+        i += d[i] + 1
+    return i + 1
+
+
+def _gif_frame_blocks(im) -> tuple[bytes, bytes, bytes]:
+    """(colour table, image descriptor (left, top, width, height, interlace bit), LZW code size + data
+    sub-blocks) of ``im`` encoded by Pillow as a one-frame GIF: the table is the frame's local one, else
+    the file's global one."""
+    buf = io.BytesIO()
+    im.save(buf, format="GIF", interlace=False)
+    d = buf.getvalue()
+    if d[:3] != b"GIF":
+        raise RuntimeError("Pillow did not write a GIF")
+    packed = d[10]
+    i = 13
+    table = b""
+    if packed & 0x80:
+        n = 3 << ((packed & 7) + 1)
+        table, i = d[i:i + n], i + n
+    while i < len(d):
+        block = d[i]
+        if block == 0x21:  # extension: label, then sub-blocks
+            i = _skip_sub_blocks(d, i + 2)
+        elif block == 0x2C:  # image descriptor
+            descriptor = d[i + 1:i + 10]
+            lpacked = descriptor[8]
+            i += 10
+            if lpacked & 0x80:
+                n = 3 << ((lpacked & 7) + 1)
+                table, i = d[i:i + n], i + n
+            end = _skip_sub_blocks(d, i + 1)  # the LZW minimum code size byte, then the data
+            if not table:
+                raise RuntimeError("Pillow wrote a GIF frame without a colour table")
+            return table, descriptor[:8] + bytes([lpacked & 0x40]), d[i:end]
+        else:
+            break
+    raise RuntimeError("Pillow wrote a GIF without an image")
+
+
 def export_video(frames: Any, path: str | os.PathLike, fps: float = 8) -> str:
     """Write ``frames`` to ``path`` (the suffix picks the format: .mp4 or .gif); return the path.
 
-    An iterator is consumed frame by frame (MP4 streams to the file; a GIF is assembled by Pillow).
+    An iterator is consumed frame by frame and each frame is written to the file as it arrives (MP4 and
+    GIF alike), so memory does not grow with the number of frames. All frames must have the first's size.
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
@@ -133,18 +228,10 @@ def export_video(frames: Any, path: str | os.PathLike, fps: float = 8) -> str:
     it = _frames(frames)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    if suffix == ".gif":
-        from PIL import Image
-
-        pil = [Image.fromarray(_to_uint8(f)) for f in it]
-        if not pil:
-            raise InvalidArgumentError("no frames to write")
-        pil[0].save(path, save_all=True, append_images=pil[1:], duration=int(round(1000 / fps)), loop=0)
-        return path
     first = next(it, None)
     if first is None:
         raise InvalidArgumentError("no frames to write")
-    writer = _mp4_writer(path, fps)
+    writer = _GifWriter(path, fps) if suffix == ".gif" else _mp4_writer(path, fps)
     n = 0
     size = None
     try:
