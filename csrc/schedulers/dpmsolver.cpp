@@ -80,7 +80,7 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
     if (cfg.get_bool("rescale_betas_zero_snr", false)) ns_.alphas_cumprod.back() = std::ldexp(1.0, -24);
     train_sigmas_ = multistep::train_sigmas_f32(ns_.alphas_cumprod);
     log_sigmas_ = multistep::log_f32(train_sigmas_);
-    hist_ = multistep::History(order_);
+    hist_ = History(order_);
   }
 
   std::string class_name() const override { return "DPMSolverMultistepScheduler"; }
@@ -420,7 +420,7 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
   std::string spacing_;
   long long steps_offset_;
   std::vector<double> train_sigmas_, log_sigmas_;
-  multistep::History hist_;  // converted model outputs, oldest first
+  History hist_;  // converted model outputs, oldest first
   int lower_order_nums_ = 0;
 };
 

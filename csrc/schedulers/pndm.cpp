@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "schedulers/history.h"
 #include "schedulers/kernels.h"
 #include "schedulers/scheduler.h"
 
@@ -68,7 +69,7 @@ class PNDM final : public Scheduler {
     timesteps_ = ts;
     reset_state(n);
     counter_ = 0;
-    ets_.clear();
+    ets_count_ = 0;
     cur_model_output_.clear();
     cur_sample_.clear();
     have_cur_sample_ = false;
@@ -85,6 +86,37 @@ class PNDM final : public Scheduler {
     else step_plms(model_output, t, sample, out, n);
     ++counter_;
     advance();
+  }
+
+  // The steady PLMS step (three earlier epsilons in the history, as in all but the first steps of SD
+  // 1.x's default schedule) in one pass: guidance, the 4-step Adams-Bashforth combination, the update
+  // and the next model input. Other steps take the buffered path.
+  bool step_io(const StepIO& io, double t, const float* sample, float* out, size_t n, size_t batch,
+               const float* noise, double eta) override {
+    if (counter_ < num_prk_ || counter_ == 1 || ets_count_ < 3 || step_index_ < 0 || ets_.size() != n)
+      return Scheduler::step_io(io, t, sample, out, n, batch, noise, eta);
+    const int idx = current_index(t);
+    const long long ti = static_cast<long long>(t);
+    const Update u = update_coefficients(ti, ti - ratio());
+    ets_.rotate();  // the oldest epsilon's buffer receives this step's
+    ets_count_ = 4;
+    float* e0 = ets_.newest();
+    const float *p1 = ets_[2], *p2 = ets_[1], *p3 = ets_[0];
+    const float c = static_cast<float>(1.0 / 24);
+    const bool v_pred = v_pred_;
+    const bool fed = kernels::with_io(io, out, feed_scale(io, idx), [=](auto mo, auto store) {
+      FASTGEN_SIMD for (size_t i = 0; i < n; ++i) {
+        const float m = mo(i);
+        e0[i] = m;
+        const float x = sample[i];
+        float e = c * (55.0f * m - 59.0f * p1[i] + 37.0f * p2[i] - 9.0f * p3[i]);
+        if (v_pred) e = u.sa * e + u.sb * x;
+        store(i, u.sample_coeff * x - (u.diff * e) / u.denom);
+      }
+    });
+    ++counter_;
+    advance();
+    return fed;
   }
 
   void add_noise(const float* original, const float* noise, float* out, size_t n, double t) override {
@@ -110,7 +142,7 @@ class PNDM final : public Scheduler {
     if (counter_ % 4 == 0) {
       cur_model_output_.resize(n);
       for (size_t i = 0; i < n; ++i) cur_model_output_[i] = sixth * mo[i];  // 0 + 1/6 * e
-      push_et(mo, n);
+      push_et(mo, n, sample);
       cur_sample_.assign(sample, sample + n);
       have_cur_sample_ = true;
     } else if (counter_ % 4 == 3) {
@@ -135,7 +167,7 @@ class PNDM final : public Scheduler {
     long long ti = static_cast<long long>(t);
     long long prev_t = ti - ratio();
     if (counter_ != 1) {
-      push_et(mo, n);
+      push_et(mo, n, sample);
     } else {
       prev_t = ti;
       ti = ti + ratio();
@@ -143,13 +175,12 @@ class PNDM final : public Scheduler {
     const float* eff = mo;
     const float* smp = sample;
     tmp_.resize(n);
-    const size_t k = ets_.size();
-    for (const auto& e : ets_) check_size(e, n);
+    const size_t k = ets_count_;
     if (k == 1 && counter_ == 0) {
       cur_sample_.assign(sample, sample + n);
       have_cur_sample_ = true;
     } else if (k == 1 && counter_ == 1) {
-      const auto& e1 = ets_[0];
+      const float* e1 = et(0);
       for (size_t i = 0; i < n; ++i) tmp_[i] = (mo[i] + e1[i]) / 2.0f;
       eff = tmp_.data();
       if (!have_cur_sample_) throw ScheduleError("PNDMScheduler: PLMS state lost; call set_timesteps() again");
@@ -158,15 +189,15 @@ class PNDM final : public Scheduler {
       have_cur_sample_ = false;
       smp = held_sample_.data();
     } else if (k == 2) {
-      const auto &e1 = ets_[1], &e2 = ets_[0];
+      const float *e1 = et(1), *e2 = et(0);
       for (size_t i = 0; i < n; ++i) tmp_[i] = (3.0f * e1[i] - e2[i]) / 2.0f;
       eff = tmp_.data();
     } else if (k == 3) {
-      const auto &e1 = ets_[2], &e2 = ets_[1], &e3 = ets_[0];
+      const float *e1 = et(2), *e2 = et(1), *e3 = et(0);
       for (size_t i = 0; i < n; ++i) tmp_[i] = (23.0f * e1[i] - 16.0f * e2[i] + 5.0f * e3[i]) / 12.0f;
       eff = tmp_.data();
     } else if (k >= 4) {
-      const auto &e1 = ets_[k - 1], &e2 = ets_[k - 2], &e3 = ets_[k - 3], &e4 = ets_[k - 4];
+      const float *e1 = et(3), *e2 = et(2), *e3 = et(1), *e4 = et(0);
       const float c = static_cast<float>(1.0 / 24);
       for (size_t i = 0; i < n; ++i)
         tmp_[i] = c * (55.0f * e1[i] - 59.0f * e2[i] + 37.0f * e3[i] - 9.0f * e4[i]);
@@ -177,31 +208,43 @@ class PNDM final : public Scheduler {
     prev_sample(smp, ti, prev_t, eff, out, n);
   }
 
-  // ets = ets[-3:] + [e]
-  void push_et(const float* e, size_t n) {
-    if (ets_.size() > 3) ets_.erase(ets_.begin(), ets_.end() - 3);
-    ets_.emplace_back(e, e + n);
+  // ets = ets[-3:] + [e], in a ring of four reused buffers.
+  void push_et(const float* e, size_t n, const float* sample) {
+    if (ets_count_ > 0 && ets_.size() != n)
+      throw ShapeError("PNDMScheduler: sample size changed between steps (" + std::to_string(ets_.size()) + " -> " +
+                       std::to_string(n) + ")");
+    ets_.ensure(n, sample, ets_count_ == 0);
+    ets_.rotate();
+    std::memcpy(ets_.newest(), e, n * sizeof(float));
+    ets_count_ = std::min<size_t>(ets_count_ + 1, 4);
   }
+  // The j-th oldest of the ets_count_ stored epsilons.
+  const float* et(size_t j) { return ets_[4 - ets_count_ + j]; }
   static void check_size(const std::vector<float>& v, size_t n) {
     if (v.size() != n)
       throw ShapeError("PNDMScheduler: sample size changed between steps (" + std::to_string(v.size()) + " -> " +
                        std::to_string(n) + ")");
   }
 
-  // diffusers' _get_prev_sample (formula 9 of the PNDM paper).
-  void prev_sample(const float* sample, long long t, long long prev_t, const float* mo, float* out, size_t n) {
+  // diffusers' _get_prev_sample (formula 9 of the PNDM paper):
+  // prev = sample_coeff * x - diff * e / denom (e from v: sa * v + sb * x).
+  struct Update {
+    float sample_coeff, diff, denom, sa, sb;
+  };
+  Update update_coefficients(long long t, long long prev_t) const {
     const float a_t = alpha(t);
     const float a_prev = prev_t >= 0 ? alpha(prev_t) : final_alpha_cumprod_;
     const float b_t = 1.0f - a_t, b_prev = 1.0f - a_prev;
-    const float sample_coeff = std::sqrt(a_prev / a_t);
-    const float denom = a_t * std::sqrt(b_prev) + std::sqrt(a_t * b_t * a_prev);
-    const float diff = a_prev - a_t;
-    const float sa = std::sqrt(a_t), sb = std::sqrt(b_t);
+    return {std::sqrt(a_prev / a_t), a_prev - a_t, a_t * std::sqrt(b_prev) + std::sqrt(a_t * b_t * a_prev),
+            std::sqrt(a_t), std::sqrt(b_t)};
+  }
+  void prev_sample(const float* sample, long long t, long long prev_t, const float* mo, float* out, size_t n) {
+    const Update u = update_coefficients(t, prev_t);
     for (size_t i = 0; i < n; ++i) {
       const float x = sample[i];
       float e = mo[i];
-      if (v_pred_) e = sa * e + sb * x;
-      out[i] = sample_coeff * x - (diff * e) / denom;
+      if (v_pred_) e = u.sa * e + u.sb * x;
+      out[i] = u.sample_coeff * x - (u.diff * e) / u.denom;
     }
   }
 
@@ -212,7 +255,8 @@ class PNDM final : public Scheduler {
   float final_alpha_cumprod_;
   int num_prk_ = 0;
   int counter_ = 0;
-  std::vector<std::vector<float>> ets_;
+  History ets_{4};  // the last four model outputs (epsilons), oldest first
+  size_t ets_count_ = 0;
   std::vector<float> cur_model_output_, cur_sample_, held_sample_, tmp_;
   bool have_cur_sample_ = false;
 };
