@@ -289,23 +289,22 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
     const Point t = point(idx + 1), s0 = point(idx);
     const float h = t.lambda - s0.lambda;
     Coefs k;
-    if (use == 1) {
-      switch (algo_) {
-        case Algo::DPMpp: k.a = t.sigma / s0.sigma; k.b = -(t.alpha * (std::exp(-h) - 1.0f)); break;
-        case Algo::DPM: k.a = t.alpha / s0.alpha; k.b = -(t.sigma * (std::exp(h) - 1.0f)); break;
-        case Algo::SDEpp:
-          k.a = t.sigma / s0.sigma * std::exp(-h);
-          k.b = t.alpha * (1.0f - std::exp(-2.0f * h));
-          k.e = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
-          break;
-        case Algo::SDE:
-          k.a = t.alpha / s0.alpha;
-          k.b = -(2.0f * (t.sigma * (std::exp(h) - 1.0f)));
-          k.e = t.sigma * std::sqrt(std::exp(2.0f * h) - 1.0f);
-          break;
-      }
-      return k;
+    // The first-order part a*x + b*D0 (+ e*noise) is the same for every order.
+    switch (algo_) {
+      case Algo::DPMpp: k.a = t.sigma / s0.sigma; k.b = -(t.alpha * (std::exp(-h) - 1.0f)); break;
+      case Algo::DPM: k.a = t.alpha / s0.alpha; k.b = -(t.sigma * (std::exp(h) - 1.0f)); break;
+      case Algo::SDEpp:
+        k.a = t.sigma / s0.sigma * std::exp(-h);
+        k.b = t.alpha * (1.0f - std::exp(-2.0f * h));
+        k.e = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
+        break;
+      case Algo::SDE:
+        k.a = t.alpha / s0.alpha;
+        k.b = -(2.0f * (t.sigma * (std::exp(h) - 1.0f)));
+        k.e = t.sigma * std::sqrt(std::exp(2.0f * h) - 1.0f);
+        break;
     }
+    if (use == 1) return k;
     const Point s1 = point(idx - 1);
     const float h0 = s0.lambda - s1.lambda;
     const float r0 = h0 / h;
@@ -313,27 +312,17 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
       k.k1 = 1.0f / r0;  // D1 = (1 / r0) * (m0 - m1)
       switch (algo_) {
         case Algo::DPMpp:
-          k.a = t.sigma / s0.sigma;
-          k.b = -(t.alpha * (std::exp(-h) - 1.0f));
           k.c = heun_ ? t.alpha * ((std::exp(-h) - 1.0f) / h + 1.0f) : -(0.5f * (t.alpha * (std::exp(-h) - 1.0f)));
           break;
         case Algo::DPM:
-          k.a = t.alpha / s0.alpha;
-          k.b = -(t.sigma * (std::exp(h) - 1.0f));
           k.c = -(heun_ ? t.sigma * ((std::exp(h) - 1.0f) / h - 1.0f) : 0.5f * (t.sigma * (std::exp(h) - 1.0f)));
           break;
         case Algo::SDEpp:
-          k.a = t.sigma / s0.sigma * std::exp(-h);
-          k.b = t.alpha * (1.0f - std::exp(-2.0f * h));
           k.c = heun_ ? t.alpha * ((1.0f - std::exp(-2.0f * h)) / (-2.0f * h) + 1.0f)
                       : 0.5f * (t.alpha * (1.0f - std::exp(-2.0f * h)));
-          k.e = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
           break;
         case Algo::SDE:
-          k.a = t.alpha / s0.alpha;
-          k.b = -(2.0f * (t.sigma * (std::exp(h) - 1.0f)));
           k.c = -(heun_ ? 2.0f * (t.sigma * ((std::exp(h) - 1.0f) / h - 1.0f)) : t.sigma * (std::exp(h) - 1.0f));
-          k.e = t.sigma * std::sqrt(std::exp(2.0f * h) - 1.0f);
           break;
       }
       return k;
@@ -347,24 +336,17 @@ class DPMSolverMultistep final : public multistep::SigmaTableScheduler {
     k.kd2 = 1.0f / (r0 + r1);
     switch (algo_) {
       case Algo::DPMpp:
-        k.a = t.sigma / s0.sigma;
-        k.b = -(t.alpha * (std::exp(-h) - 1.0f));
         k.c = t.alpha * ((std::exp(-h) - 1.0f) / h + 1.0f);
         k.d = -(t.alpha * ((std::exp(-h) - 1.0f + h) / (h * h) - 0.5f));
         break;
       case Algo::DPM:
-        k.a = t.alpha / s0.alpha;
-        k.b = -(t.sigma * (std::exp(h) - 1.0f));
         k.c = -(t.sigma * ((std::exp(h) - 1.0f) / h - 1.0f));
         k.d = -(t.sigma * ((std::exp(h) - 1.0f - h) / (h * h) - 0.5f));
         break;
       default: {  // SDEpp (SDE order 3 is rejected at construction)
-        k.a = t.sigma / s0.sigma * std::exp(-h);
-        k.b = t.alpha * (1.0f - std::exp(-2.0f * h));
         k.c = t.alpha * ((1.0f - std::exp(-2.0f * h)) / (-2.0f * h) + 1.0f);
         const float h2 = 2.0f * h;
         k.d = t.alpha * ((1.0f - std::exp(-2.0f * h) - 2.0f * h) / (h2 * h2) - 0.5f);
-        k.e = t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h));
         break;
       }
     }
