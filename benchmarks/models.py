@@ -129,6 +129,7 @@ def demo_model(demo_src: str | None) -> dict:
 
 CAPTION_WORDS = "a photo of cat dog on the grass two sitting red blue car street man woman with table and in".split()
 
+CAPTION_ENGINE_FORM = "cross-kv"  # fastgen_export.caption: cross-attention K/V computed once per image
 CAPTIONERS = {
     "vit-gpt2-tiny": {"family": "vit-gpt2", "enc": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                                          intermediate_size=37, image_size=32, patch_size=8),
@@ -201,7 +202,8 @@ def _build_blip(folder, spec):
 
 def captioner(name: str, cache: str = DEFAULT_CACHE) -> dict:
     spec = CAPTIONERS[name]
-    root = os.path.join(cache, f"cap-{name}-{_key(spec)}")
+    # the engine form is part of the key: engines cached before the cross-attention K/V cache are rebuilt
+    root = os.path.join(cache, f"cap-{name}-{_key({**spec, 'engine_form': CAPTION_ENGINE_FORM})}")
     src, eng = os.path.join(root, "src"), os.path.join(root, "engine")
     info = {"name": name, "family": spec["family"], "src": src, "engine": eng, "description": spec["description"]}
     if _done(root):

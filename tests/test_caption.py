@@ -81,7 +81,10 @@ def make_blip(folder: str, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
+    """name -> (source folder, engine, model); ``*-legacy``: the older engine form (no cross_kv: the
+    decoder takes encoder_hidden_states), which the runtime still runs."""
     from fastgen_export import export
+    from fastgen_export.caption import export_captioner
 
     root = tmp_path_factory.mktemp("caption")
     out = {}
@@ -90,6 +93,8 @@ def engines(tmp_path_factory):
         model = make(src)
         eng = export(src, str(root / f"{name}-engine"), log=None)
         out[name] = (src, eng, model)
+        legacy = export_captioner(src, str(root / f"{name}-legacy-engine"), cross_attention_cache=False)
+        out[f"{name}-legacy"] = (src, legacy, model)
     return out
 
 
@@ -198,8 +203,17 @@ def test_manifest(engines):
     for name, (src, eng, _) in engines.items():
         with open(os.path.join(eng, "fastgen.json")) as f:
             m = json.load(f)
-        assert m["kind"] == "captioning" and m["family"] == name
-        assert set(m["components"]) == {"vision_encoder", "text_decoder"}
+        legacy = name.endswith("-legacy")
+        assert m["kind"] == "captioning" and m["family"] == name.removesuffix("-legacy")
+        dec_inputs = m["components"]["text_decoder"]["inputs"]
+        if legacy:
+            assert set(m["components"]) == {"vision_encoder", "text_decoder"}
+            assert "encoder_hidden_states" in dec_inputs and "cross_names" not in m["config"]["decoder"]
+        else:
+            assert set(m["components"]) == {"vision_encoder", "cross_kv", "text_decoder"}
+            assert "encoder_hidden_states" not in dec_inputs
+            assert dec_inputs["cross_key_values.0.key"]["shape"][0] == "images"
+            assert m["config"]["decoder"]["cross_attention_cache"] == "per_image"
         for comp in m["components"].values():
             assert comp["parity"]["passed"] is True
         assert m["config"]["preprocess"]["size"] == {"height": 32, "width": 32}
@@ -229,7 +243,8 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("name,prompt", [("vit-gpt2", None), ("blip", None), ("blip", "a photo of")])
+@pytest.mark.parametrize("name,prompt", [("vit-gpt2", None), ("blip", None), ("blip", "a photo of"),
+                                         ("vit-gpt2-legacy", None), ("blip-legacy", "a photo of")])
 def test_runtime_matches_generate(engines, name, prompt):
     from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -250,6 +265,45 @@ def test_runtime_matches_generate(engines, name, prompt):
     if prompt is not None:
         assert all(t.startswith(prompt) for t in out.texts)
     assert any(out.texts)
+
+
+@pytest.mark.parametrize("name", ["vit-gpt2", "blip"])
+def test_cross_kv_equals_transformers_cache(engines, name):
+    """cross_kv gives, per image, the cross-attention keys / values transformers caches in the
+    cross-attention half of its EncoderDecoderCache on the first decoder step."""
+    from transformers import AutoImageProcessor, DynamicCache, EncoderDecoderCache
+
+    src, eng, model = engines[name]
+    pipe = fastgen.Pipeline.load(eng)
+    pv = AutoImageProcessor.from_pretrained(src, backend="pil")(_images(2), return_tensors="np")["pixel_values"]
+    ehs = pipe.session("vision_encoder").run({"pixel_values": pv})["encoder_hidden_states"]
+    got = pipe.session("cross_kv").run({"encoder_hidden_states": ehs})
+    decoder = model.text_decoder if name == "blip" else model.decoder
+    cache = EncoderDecoderCache(DynamicCache(config=decoder.config), DynamicCache(config=decoder.config))
+    kw = {"encoder_attention_mask": torch.ones(ehs.shape[:2], dtype=torch.long)} if name == "blip" else {}
+    with torch.no_grad():
+        decoder(input_ids=torch.zeros((2, 1), dtype=torch.long), encoder_hidden_states=torch.from_numpy(ehs),
+                past_key_values=cache, use_cache=True, **kw)
+    layers = cache.cross_attention_cache.layers
+    assert len(got) == 2 * len(layers)
+    for i, layer in enumerate(layers):
+        np.testing.assert_allclose(got[f"cross_key_values.{i}.key"], layer.keys.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[f"cross_key_values.{i}.value"], layer.values.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_form_mismatch(engines, tmp_path):
+    """An engine whose decoder takes cross K/V but that lacks the cross_kv graph is refused at load."""
+    import shutil
+
+    eng = str(tmp_path / "broken")
+    shutil.copytree(engines["vit-gpt2"][1], eng)
+    with open(os.path.join(eng, "fastgen.json")) as f:
+        m = json.load(f)
+    del m["components"]["cross_kv"]
+    with open(os.path.join(eng, "fastgen.json"), "w") as f:
+        json.dump(m, f)
+    with pytest.raises(fastgen.errors.ManifestError, match="cross_kv"):
+        fastgen.Pipeline.load(eng)
 
 
 def test_bad_inputs(engines, tmp_path):

@@ -1,9 +1,13 @@
 """Image captioning (ViT-GPT2 style VisionEncoderDecoder and BLIP engines).
 
-The vision encoder runs once per image; greedy / beam search runs in the C++ core
-(``fastgen._core.caption_search``), which calls back here for each decoder step and tells us
-when to reorder the KV cache (``np.take`` along the row axis). With the same engine, images and
-settings the token ids equal transformers' ``generate(do_sample=False)``.
+The vision encoder and the cross-attention keys / values (``cross_kv``) run once per image; greedy /
+beam search runs in the C++ core (``fastgen._core.caption_search``), which calls back here for each
+decoder step and tells us when to reorder the self-attention KV cache (``np.take`` along the row axis).
+The cross-attention keys / values stay one per image: the decoder graph attends each row (the beams of
+an image are consecutive rows) to its image's, so they are neither repeated per beam nor reordered.
+Engines exported before ``cross_kv`` existed (their decoder takes ``encoder_hidden_states``) still run,
+recomputing the cross-attention projections every step. With the same engine, images and settings the
+token ids equal transformers' ``generate(do_sample=False)``.
 """
 
 from __future__ import annotations
@@ -63,6 +67,16 @@ class CaptioningPipeline(Pipeline):
         self._tok = None
         self._past_names = [f"past_key_values.{i}.{kv}" for i in range(self._layers) for kv in ("key", "value")]
         self._present_names = [f"present.{i}.{kv}" for i in range(self._layers) for kv in ("key", "value")]
+        self._cross_names = [f"cross_key_values.{i}.{kv}" for i in range(self._layers) for kv in ("key", "value")]
+        dec_inputs = manifest.component("text_decoder").inputs
+        # the decoder form: cross K/V per image (cross_kv component), or the older encoder_hidden_states one
+        self._legacy = "encoder_hidden_states" in dec_inputs
+        if not self._legacy:
+            missing = [n for n in self._cross_names if n not in dec_inputs]
+            if missing or not manifest.has("cross_kv"):
+                raise ManifestError(f"captioning engine {manifest.root}: text_decoder takes neither "
+                                    "encoder_hidden_states nor cross_key_values.{i}.key|value with a cross_kv "
+                                    f"component (missing: {', '.join(missing[:4]) or 'cross_kv'}); re-export it")
 
     # ---------------------------------------------------------------- pieces
     @property
@@ -151,11 +165,15 @@ class CaptioningPipeline(Pipeline):
         t1 = time.perf_counter()
         enc = self.session("vision_encoder").run({"pixel_values": pixels}, ["encoder_hidden_states"])
         ehs = enc["encoder_hidden_states"].astype(np.float32, copy=False)
-        if num_beams > 1:
-            ehs = np.repeat(ehs, num_beams, axis=0)
         t2 = time.perf_counter()
+        if self._legacy:
+            fixed = {"encoder_hidden_states": np.repeat(ehs, num_beams, axis=0) if num_beams > 1 else ehs}
+        else:  # one set per image, fed unchanged to every step
+            fixed = self.session("cross_kv").run({"encoder_hidden_states": ehs}, self._cross_names)
+        del enc, ehs
+        t3 = time.perf_counter()
         dec = self.session("text_decoder")
-        rows = ehs.shape[0]
+        rows = n * num_beams
         state: dict[str, Any] = {
             "past": [np.zeros((rows, self._heads, 0, self._head_dim), np.float32) for _ in self._past_names]}
 
@@ -163,7 +181,7 @@ class CaptioningPipeline(Pipeline):
             past = state["past"]
             if reorder is not None:
                 past = [np.take(p, reorder, axis=0) for p in past]
-            feeds = {"input_ids": ids, "encoder_hidden_states": ehs}
+            feeds = {"input_ids": ids, **fixed}
             feeds.update(zip(self._past_names, past))
             out = dec.run(feeds, ["logits", *self._present_names])
             state["past"] = [out[k] for k in self._present_names]
@@ -175,12 +193,14 @@ class CaptioningPipeline(Pipeline):
             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
             eos_token_ids=self._eos, pad_token_id=self._pad)
         state.clear()
-        t3 = time.perf_counter()
+        fixed.clear()
+        t4 = time.perf_counter()
         token_ids = [[int(t) for t in row] for row in seqs]
         texts = self.decode(token_ids)
         return CaptionOutput(texts=texts, token_ids=token_ids,
                              scores=None if scores is None else [float(s) for s in scores],
-                             timings={"preprocess": t1 - t0, "vision_encoder": t2 - t1, "decode": t3 - t2,
+                             timings={"preprocess": t1 - t0, "vision_encoder": t2 - t1, "cross_kv": t3 - t2,
+                                      "decode": t4 - t3,
                                       "decoder_steps": float(steps), "total": time.perf_counter() - t0})
 
     def decode(self, token_ids: list[list[int]]) -> list[str]:
