@@ -17,6 +17,13 @@ Diffusion models:
           possible here; token count per prompt is what matters for cost and it always pads to 77.
 ``demo``  the shipped demo engine (``Pipeline.load("demo")``) with its diffusers folder (``--demo-src``).
 
+Video models (``video_model``):
+
+``animatediff-tiny``  fastgen_export.video.build_tiny_animatediff (as tests/test_video.py builds it): the
+                      tiny "sd" UNet (32, 64) + a MotionAdapter with a 16-frame motion module
+                      (motion_max_seq_length 16), CLIP 2x32, VAE factor 8, DDIM; exported without
+                      ``unet_fifo`` (the benchmark runs context windows, not FIFO).
+
 Captioners (as tests/test_caption.py builds them, word-level tokenizers):
 
 ``vit-gpt2-tiny`` / ``blip-tiny``  hidden 32, 2 layers, 32x32 images.
@@ -76,19 +83,31 @@ def _mark(path: str) -> None:
         f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
+def _locate(name: str, spec: dict, cache: str) -> tuple[str, str, str]:
+    """(root, source folder, engine dir) of a cached model, keyed by its spec."""
+    root = os.path.join(cache, f"{name}-{_key(spec)}")
+    return root, os.path.join(root, "src"), os.path.join(root, "engine")
+
+
+def _start_build(root: str) -> bool:
+    """False when ``root`` holds a finished build; otherwise empty it for a new one and return True."""
+    if _done(root):
+        return False
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    return True
+
+
 def diffusion_model(name: str, cache: str = DEFAULT_CACHE, *, demo_src: str | None = None) -> dict:
     """{'name', 'src', 'engine', 'latent', 'vae_scale_factor', 'description'} or {'skipped': reason}."""
     if name == "demo":
         return demo_model(demo_src)
     spec = DIFFUSION_MODELS[name]
-    root = os.path.join(cache, f"{name}-{_key(spec)}")
-    src, eng = os.path.join(root, "src"), os.path.join(root, "engine")
+    root, src, eng = _locate(name, spec, cache)
     info = {"name": name, "src": src, "engine": eng, "latent": spec["latent"],
             "vae_scale_factor": spec["vae_scale_factor"], "description": spec["description"]}
-    if _done(root):
+    if not _start_build(root):
         return info
-    shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(root)
     from fastgen_export.api import export
     from fastgen_export.testing import build_tiny_pipeline
 
@@ -123,6 +142,35 @@ def demo_model(demo_src: str | None) -> dict:
     h = int(cfg.get("default_height", 64 * f))
     return {"name": "demo", "src": os.path.abspath(demo_src), "engine": eng, "latent": h // f,
             "vae_scale_factor": f, "description": f"shipped demo engine ({eng}), source {demo_src}"}
+
+
+# ------------------------------------------------------------------------------------ video
+
+VIDEO_MODELS = {
+    "animatediff-tiny": {"motion_max_seq_length": 16, "vae_scale_factor": 8, "overrides": {},
+                         "description": "fastgen_export.video.build_tiny_animatediff: tiny 'sd' UNet (32, 64) + "
+                                        "MotionAdapter (16-frame motion module), CLIP 2x32, VAE factor 8, DDIM"},
+}
+
+
+def video_model(name: str, cache: str = DEFAULT_CACHE) -> dict:
+    """{'name', 'src', 'engine', 'motion_max_seq_length', 'vae_scale_factor', 'description'}: an
+    AnimateDiffPipeline folder and its text2video engine, built and exported once into ``cache``."""
+    spec = VIDEO_MODELS[name]
+    root, src, eng = _locate(name, spec, cache)
+    info = {"name": name, "src": src, "engine": eng, "motion_max_seq_length": spec["motion_max_seq_length"],
+            "vae_scale_factor": spec["vae_scale_factor"], "description": spec["description"]}
+    if not _start_build(root):
+        return info
+    from fastgen_export.api import export
+    from fastgen_export.video import build_tiny_animatediff
+
+    log(f"building {name} ({spec['description']}) in {root}")
+    build_tiny_animatediff(src, motion_max_seq_length=spec["motion_max_seq_length"],
+                           vae_scale_factor=spec["vae_scale_factor"], **spec["overrides"])
+    export(src, eng, fifo_unet=False, log=None)
+    _mark(root)
+    return info
 
 
 # ------------------------------------------------------------------------------------ captioners

@@ -128,6 +128,34 @@ def captioning(records: list[dict], path: str) -> str | None:
     return _save(fig, path)
 
 
+def video(records: list[dict], path: str) -> str | None:
+    """Seconds per frame and peak RSS per video length, fastgen vs diffusers (one panel each)."""
+    recs = [r for r in records if r.get("rows")]
+    if not recs:
+        return None
+    r = recs[0]
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    xs = sorted({row["num_frames"] for row in r["rows"]})
+    x = np.arange(len(xs))
+    labels = [f"{n} frames" + ("\n(windows / FreeNoise)" if r["by_frames"][str(n)]["long_video"] else "")
+              for n in xs]
+    for ax, key, ylabel in ((a1, "s_per_frame", "seconds per frame"),
+                            (a2, "peak_rss_mb", "peak RSS, MiB (fresh process)")):
+        for j, fw in enumerate(("diffusers", "fastgen")):
+            ys = [next(row[key] for row in r["rows"] if row["num_frames"] == n and row["framework"] == fw) for n in xs]
+            bars = ax.bar(x + (j - 0.5) * 0.4, ys, 0.4, color=COLORS[fw], label=fw)
+            ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+    a1.legend(fontsize=8)
+    a1.set_title("Time per frame (fastest warm call / frames)", fontsize=9)
+    a2.set_title("Peak resident memory of the generating process", fontsize=9)
+    fig.suptitle(f"Text-to-video, {r['model']} ({r['motion_max_seq_length']}-frame motion module), "
+                 f"{r['height']}x{r['width']}, {r['steps']} steps, CFG {r['guidance_scale']}", fontsize=10)
+    return _save(fig, path)
+
+
 def all_figures(out: str, results: dict) -> list[str]:
     made = []
     made.append(e2e(results.get("e2e", {}).get("models", []), os.path.join(out, "e2e.png")))
@@ -140,6 +168,7 @@ def all_figures(out: str, results: dict) -> list[str]:
     made.append(cold_memory(results.get("import_time"), results.get("cold_start", {}).get("models", []),
                             results.get("memory", {}).get("models", []), os.path.join(out, "cold_start_memory.png")))
     made.append(captioning(results.get("captioning", {}).get("models", []), os.path.join(out, "captioning.png")))
+    made.append(video(results.get("video", {}).get("models", []), os.path.join(out, "video.png")))
     return [m for m in made if m]
 
 
@@ -148,7 +177,7 @@ def replot(out: str) -> list[str]:
     import json
 
     results = {}
-    for name in ("e2e", "throughput", "batch_scaling", "cold_start", "memory", "captioning"):
+    for name in ("e2e", "throughput", "batch_scaling", "cold_start", "memory", "captioning", "video"):
         p = os.path.join(out, f"{name}.json")
         if os.path.isfile(p):
             with open(p) as f:

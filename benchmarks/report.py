@@ -160,11 +160,38 @@ def captioning(d) -> str:
     return "\n".join(out)
 
 
+def video(d) -> str:
+    j = _load(d, "video")
+    out = ["| model | frames | framework | long video | s/frame | s/video | first call s | peak RSS MiB | "
+           "speed-up | RSS ratio | max abs diff |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in j.get("models", []):
+        s = _skip_or_err(r)
+        if s:
+            out.append(s)
+            continue
+        for x in sorted(r["rows"], key=lambda x: (x["num_frames"], x["framework"] == "fastgen")):
+            b, ran, fg = r["by_frames"][str(x["num_frames"])], x["ran"], x["framework"] == "fastgen"
+            if not b["long_video"]:
+                how = "one window"
+            elif fg:
+                how = f"context windows {ran['context_length']}/{ran['context_stride']} ({len(ran['windows'])})"
+            else:
+                fn = ran["free_noise"]
+                how = f"FreeNoise {fn['context_length']}/{fn['context_stride']} ({len(fn['windows'])})"
+            ratios = (f"{_x(b['speedup_s_per_frame'])} | {_x(b['ratio_peak_rss'])} less | {b['max_abs_diff']:.1e}"
+                      if fg else " | | ")
+            out.append(f"| {r['model']} ({r['height']}px, {r['steps']} steps) | {x['num_frames']} | {x['framework']} | "
+                       f"{how} | {x['s_per_frame']:.4f} | {x['s_per_video']:.2f} | {x['first_call_s']:.2f} | "
+                       f"{x['peak_rss_mb']:.0f} | {ratios} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     d = (argv or sys.argv[1:] or ["benchmarks/results"])[0]
     print(header(d) + "\n")
     for title, fn in (("loop overhead", loop_overhead), ("e2e", e2e), ("cold start", cold), ("memory", memory),
-                      ("throughput", throughput), ("batch scaling", batch), ("captioning", captioning)):
+                      ("throughput", throughput), ("batch scaling", batch), ("captioning", captioning),
+                      ("video", video)):
         try:
             print(f"### {title}\n\n{fn(d)}\n")
         except Exception as e:  # noqa: BLE001

@@ -3,11 +3,13 @@
     python benchmarks/run_all.py [--quick] --out DIR [--device cpu|cuda] [--cache DIR] [--demo-src DIR]
 
 Writes one JSON per benchmark into DIR (loop_overhead, e2e, cold_start, memory, throughput,
-batch_scaling, captioning, gpu) and one PNG per figure. Models (see models.py): ``tiny`` (built from
+batch_scaling, captioning, video, gpu) and one PNG per figure. Models (see models.py): ``tiny`` (built from
 fastgen_export.testing), ``sd15`` (the SD 1.5 architecture with random weights at a 32x32 latent; full
 run only unless --models names it), ``demo`` (the shipped demo engine, when installed, with its diffusers
 folder from --demo-src or /work/demo_train; otherwise recorded as skipped). Built and exported models are
-cached under --cache, so reruns only measure.
+cached under --cache, so reruns only measure. ``video``: text-to-video seconds per frame and peak RSS
+(fresh process per configuration) on the tiny AnimateDiff model of models.py (16-frame motion module) at
+16 and 64 frames: fastgen's context windows vs diffusers' FreeNoise beyond the motion length (video.py).
 
 With ``--device cuda`` the same benchmarks load fastgen with the CUDA execution provider (TensorRT when
 the engine has plans) and diffusers / transformers on cuda; without a CUDA device every JSON says
@@ -27,7 +29,7 @@ sys.path.insert(0, HERE)
 
 from common import write_json  # noqa: E402
 
-BENCHMARKS = ("loop_overhead", "e2e", "cold_start", "memory", "throughput", "batch_scaling", "captioning")
+BENCHMARKS = ("loop_overhead", "e2e", "cold_start", "memory", "throughput", "batch_scaling", "captioning", "video")
 
 # per-mode settings: steps / repeats per model; None = not run in that mode by default
 SETTINGS = {
@@ -36,13 +38,15 @@ SETTINGS = {
               "cold_repeat": {"tiny": 2, "demo": 1, "sd15": 1}, "cold_calls": {"tiny": 2, "demo": 2, "sd15": 1},
               "import_repeat": 3, "callers": (1, 2, 4), "per_caller": 1, "tp_repeat": 1,
               "batches": (1, 2, 4), "cap_images": 4, "cap_tokens": 20, "cap_repeat": 3,
-              "tp_models": ["tiny", "demo"]},
+              "tp_models": ["tiny", "demo"],
+              "video": {"frames": (16, 64), "steps": 2, "calls": 2, "processes": 1, "size": 64}},
     "full": {"models": ["tiny", "demo", "sd15"], "captioners": ["vit-gpt2-tiny", "blip-tiny", "vit-gpt2-base"],
              "steps": {"tiny": 20, "demo": 20, "sd15": 2}, "repeat": {"tiny": 5, "demo": 3, "sd15": 1},
              "cold_repeat": {"tiny": 3, "demo": 2, "sd15": 1}, "cold_calls": {"tiny": 2, "demo": 2, "sd15": 1},
              "import_repeat": 5, "callers": (1, 2, 4), "per_caller": 2, "tp_repeat": 2,
              "batches": (1, 2, 4), "cap_images": 4, "cap_tokens": 20, "cap_repeat": 2,
-             "tp_models": ["tiny", "demo"]},
+             "tp_models": ["tiny", "demo"],
+             "video": {"frames": (16, 64), "steps": 10, "calls": 3, "processes": 2, "size": 128}},
 }
 COLD_MODELS = {"quick": ["tiny", "demo"], "full": ["tiny", "demo", "sd15"]}
 
@@ -83,6 +87,11 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help=f"comma list of benchmarks to run ({', '.join(BENCHMARKS)})")
     ap.add_argument("--steps", type=int, default=None, help="override the denoising steps of every model")
     ap.add_argument("--repeat", type=int, default=None, help="override every repeat count (min 1)")
+    ap.add_argument("--video-frames", default=None,
+                    help="comma list of video lengths (default 16,64; the motion module holds 16 frames)")
+    ap.add_argument("--video-size", type=int, default=None, help="video height = width in pixels (a multiple of 16)")
+    ap.add_argument("--video-threads", type=int, default=None,
+                    help="pin torch and ONNX Runtime to this many threads in the video benchmark (default: their own)")
     args = ap.parse_args(argv)
 
     import models as M
@@ -158,7 +167,8 @@ def main(argv=None) -> int:
             torch.set_num_threads(threads)  # loop_overhead pins torch to 1 thread; the others use the default
         _log(f"loop_overhead done in {time.perf_counter() - t0:.0f}s")
 
-    models = {n: model(n) for n in model_names}
+    t2i_benchmarks = {"e2e", "cold_start", "memory", "throughput", "batch_scaling"}
+    models = {n: model(n) for n in model_names} if only & t2i_benchmarks else {}
     usable = {n: m for n, m in models.items() if "skipped" not in m}
     skipped = [{"model": n, "status": m["skipped"]} for n, m in models.items() if "skipped" in m]
     for s in skipped:
@@ -245,6 +255,20 @@ def main(argv=None) -> int:
         return {"models": recs}
 
     guarded("captioning", caps)
+
+    # ---- 8. text-to-video (fresh processes per configuration)
+    def video():
+        import video as V
+
+        vs = st["video"]
+        frames = tuple(int(x) for x in args.video_frames.split(",")) if args.video_frames else vs["frames"]
+        m = M.video_model("animatediff-tiny", cache)
+        return {"models": [V.bench_video(m, frames=frames, steps=args.steps or vs["steps"], calls=rep(vs["calls"]),
+                                         processes=rep(vs["processes"]),
+                                         size=args.video_size or vs["size"], device=device,
+                                         threads=args.video_threads)]}
+
+    guarded("video", video)
 
     # ---- figures
     results["e2e"] = results.get("e2e", {})

@@ -28,11 +28,22 @@ def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
 
 
+def _benchmarks() -> tuple:
+    saved = list(sys.path)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from run_all import BENCHMARKS
+    finally:
+        sys.path[:] = saved  # run_all inserts its folder too
+    return BENCHMARKS
+
+
 @pytest.mark.slow
 def test_run_all_quick_tiny(tmp_path):
     out = tmp_path / "out"
+    only = ",".join(b for b in _benchmarks() if b != "video")  # video: test_run_all_video_reduced
     cmd = [sys.executable, RUN_ALL, "--quick", "--out", str(out), "--cache", str(tmp_path / "cache"),
-           "--models", "tiny", "--captioners", "vit-gpt2-tiny", "--repeat", "1", "--steps", "2"]
+           "--models", "tiny", "--captioners", "vit-gpt2-tiny", "--repeat", "1", "--steps", "2", "--only", only]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
 
@@ -111,3 +122,45 @@ def test_run_all_cuda_without_gpu_says_not_run(tmp_path):
             d = json.load(f)
         assert d["status"] == "not run: no CUDA device"
         assert "models" not in d
+
+
+@pytest.mark.slow
+def test_run_all_video_reduced(tmp_path):
+    """The video benchmark in a reduced mode (32 px, 1 step, one call per process, 8 and 20 frames on the
+    16-frame motion module): the JSON says what each side ran, both sides produced numbers from fresh
+    processes, and within the motion length the frames agree (the same computation)."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, RUN_ALL, "--quick", "--only", "video", "--out", str(out), "--cache", str(tmp_path / "cache"),
+           "--steps", "1", "--repeat", "1", "--video-frames", "8,20", "--video-size", "32"]
+    # one torch thread: on a busy machine torch's 2-thread pool waits on descheduled workers (calls 10-25x
+    # slower); the numbers are not checked here, only that both sides produced them
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    with open(out / "video.json") as f:
+        d = json.load(f)
+    assert d["benchmark"] == "video" and "error" not in d, d.get("error")
+    (v,) = d["models"]
+    assert "error" not in v, v.get("error")
+    assert v["model"] == "animatediff-tiny" and v["motion_max_seq_length"] == 16
+    assert (v["steps"], v["height"], v["width"], v["context_stride"]) == (1, 32, 32, 4)
+    assert {(r["framework"], r["num_frames"]) for r in v["rows"]} == {(f, n) for f in ("fastgen", "diffusers")
+                                                                       for n in (8, 20)}
+    for r in v["rows"]:
+        assert all(_num(r[k]) and r[k] > 0 for k in ("s_per_frame", "s_per_video", "first_call_s", "peak_rss_mb",
+                                                    "peak_rss_after_load_mb", "load_s")), r
+        assert r["processes"] == 1 and len(r["call_s"]) == 1 and len(r["call_s"][0]) == 1
+        assert r["peak_rss_mb"] >= r["peak_rss_after_load_mb"]
+        assert r["torch_loaded"] is (r["framework"] == "diffusers")
+    ran = {(r["framework"], r["num_frames"]): r["ran"] for r in v["rows"]}
+    assert ran[("fastgen", 8)]["windows"] == [[0, 8]] and ran[("diffusers", 8)]["free_noise"] is None
+    assert ran[("fastgen", 20)]["windows"] == [[0, 16], [4, 20]]
+    fn = ran[("diffusers", 20)]["free_noise"]
+    assert (fn["context_length"], fn["context_stride"], fn["weighting_scheme"]) == (16, 4, "pyramid")
+    assert fn["windows"] == [[0, 16], [4, 20]]
+    b8, b20 = v["by_frames"]["8"], v["by_frames"]["20"]
+    assert b8["long_video"] is False and b20["long_video"] is True and b20["context_length"] == 16
+    assert b8["max_abs_diff"] < 2e-3  # one window: fastgen's frames are diffusers'
+    assert b8["frames_shape"] == [1, 8, 32, 32, 3] and b20["frames_shape"] == [1, 20, 32, 32, 3]
+    assert all(_num(b[k]) for b in (b8, b20) for k in ("speedup_s_per_frame", "ratio_peak_rss", "max_abs_diff"))
+    assert (out / "video.png").stat().st_size > 1000
