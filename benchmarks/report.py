@@ -46,25 +46,32 @@ def loop_overhead(d) -> str:
     return "\n".join(out)
 
 
+def _model_table(models, header: str, align: str, rows) -> list[str]:
+    """A markdown table: the header, then rows(r) (an iterable of lines) for each model record, or the
+    record's skip / error line."""
+    out = [header, align]
+    for r in models:
+        skipped = _skip_or_err(r)
+        out += [skipped] if skipped else list(rows(r))
+    return out
+
+
 def e2e(d) -> str:
-    j = _load(d, "e2e")
-    out = ["| model | steps | image | framework | total s/image | text encode | UNet | VAE decode | loop + rest | "
-           "speed-up (min / median) |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for r in j.get("models", []):
-        s = _skip_or_err(r)
-        if s:
-            out.append(s)
-            continue
+    def rows(r):
         for fw in ("diffusers", "fastgen"):
             m = r[fw]["min"]
             rest = m["loop_overhead"] + m.get("other", 0.0)
             sp = (f"{r['speedup_total']:.1f}x / {r['speedup_total_median']:.1f}x" if fw == "fastgen" else "")
-            out.append(f"| {r['model']} | {r['steps']} | {r['image_size']}px | {fw} | {m['total']:.3f} | "
-                       f"{m['text_encode']:.3f} | {m['unet']:.3f} | {m['vae_decode']:.3f} | {rest:.4f} | {sp} |")
+            yield (f"| {r['model']} | {r['steps']} | {r['image_size']}px | {fw} | {m['total']:.3f} | "
+                   f"{m['text_encode']:.3f} | {m['unet']:.3f} | {m['vae_decode']:.3f} | {rest:.4f} | {sp} |")
         sb = r["speedup_by_stage"]
-        out.append(f"| {r['model']} | | | *stage speed-up* | | {_x(sb['text_encode'])} | {_x(sb['unet'])} | "
-                   f"{_x(sb['vae_decode'])} | {_x(sb['loop_overhead'])} | |")
-    return "\n".join(out)
+        yield (f"| {r['model']} | | | *stage speed-up* | | {_x(sb['text_encode'])} | {_x(sb['unet'])} | "
+               f"{_x(sb['vae_decode'])} | {_x(sb['loop_overhead'])} | |")
+
+    return "\n".join(_model_table(
+        _load(d, "e2e").get("models", []),
+        "| model | steps | image | framework | total s/image | text encode | UNet | VAE decode | loop + rest | "
+        "speed-up (min / median) |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|", rows))
 
 
 def cold(d) -> str:
@@ -82,93 +89,71 @@ def cold(d) -> str:
         out.append("")
     elif imp:
         out.append(f"import: error {imp.get('error', '')[:200]}\n")
-    out += ["| model | framework | spawn → first image s | import s | load s | first call s | speed-up |",
-            "|---|---|---:|---:|---:|---:|---:|"]
-    for r in j.get("models", []):
-        s = _skip_or_err(r)
-        if s:
-            out.append(s)
-            continue
+
+    def rows(r):
         for fw in ("diffusers", "fastgen"):
             x = r["rows"][fw]
             sp = f"{r['speedup_first_image']:.1f}x" if fw == "fastgen" else ""
-            out.append(f"| {r['model']} ({r['steps']} steps) | {fw} | {x['spawn_to_end_s']['min']:.2f} | "
-                       f"{x['import_s']['min']:.2f} | {x['load_s']['min']:.2f} | {x['first_call_s']['min']:.2f} | {sp} |")
+            yield (f"| {r['model']} ({r['steps']} steps) | {fw} | {x['spawn_to_end_s']['min']:.2f} | "
+                   f"{x['import_s']['min']:.2f} | {x['load_s']['min']:.2f} | {x['first_call_s']['min']:.2f} | {sp} |")
+
+    out += _model_table(j.get("models", []),
+                        "| model | framework | spawn → first image s | import s | load s | first call s | speed-up |",
+                        "|---|---|---:|---:|---:|---:|---:|", rows)
     return "\n".join(out)
 
 
 def memory(d) -> str:
-    j = _load(d, "memory")
-    out = ["| model | framework | peak RSS after load MiB | after first image MiB | after all calls MiB | ratio |",
-           "|---|---|---:|---:|---:|---:|"]
-    for r in j.get("models", []):
-        s = _skip_or_err(r)
-        if s:
-            out.append(s)
-            continue
+    def rows(r):
         for fw in ("diffusers", "fastgen"):
             x = r["rows"][fw]
             sp = f"{r['ratio_peak_rss']:.1f}x less" if fw == "fastgen" else ""
-            out.append(f"| {r['model']} ({r['calls']} calls) | {fw} | {x['peak_rss_after_load_mb']['min']:.0f} | "
-                       f"{x['peak_rss_first_image_mb']['min']:.0f} | {x['peak_rss_mb']['min']:.0f} | {sp} |")
-    return "\n".join(out)
+            yield (f"| {r['model']} ({r['calls']} calls) | {fw} | {x['peak_rss_after_load_mb']['min']:.0f} | "
+                   f"{x['peak_rss_first_image_mb']['min']:.0f} | {x['peak_rss_mb']['min']:.0f} | {sp} |")
+
+    return "\n".join(_model_table(
+        _load(d, "memory").get("models", []),
+        "| model | framework | peak RSS after load MiB | after first image MiB | after all calls MiB | ratio |",
+        "|---|---|---:|---:|---:|---:|", rows))
+
+
+def _by_setting(r, key: str, value: str, speedups: str, fmt: str):
+    """Rows of a fastgen-vs-diffusers sweep over one setting (callers, images per prompt)."""
+    by = {(x["framework"], x[key]): x[value] for x in r["rows"]}
+    for c in sorted({x[key] for x in r["rows"]}):
+        yield (f"| {r['model']} ({r['steps']} steps) | {c} | {by[('diffusers', c)]:{fmt}} | "
+               f"{by[('fastgen', c)]:{fmt}} | {r[speedups][str(c)]:.1f}x |")
 
 
 def throughput(d) -> str:
-    j = _load(d, "throughput")
-    out = ["| model | callers | diffusers images/s | fastgen images/s | speed-up |", "|---|---:|---:|---:|---:|"]
-    for r in j.get("models", []):
-        s = _skip_or_err(r)
-        if s:
-            out.append(s)
-            continue
-        by = {(x["framework"], x["callers"]): x["images_per_s"] for x in r["rows"]}
-        for c in sorted({x["callers"] for x in r["rows"]}):
-            out.append(f"| {r['model']} ({r['steps']} steps) | {c} | {by[('diffusers', c)]:.2f} | "
-                       f"{by[('fastgen', c)]:.2f} | {r['speedup_by_callers'][str(c)]:.1f}x |")
-    return "\n".join(out)
+    return "\n".join(_model_table(
+        _load(d, "throughput").get("models", []),
+        "| model | callers | diffusers images/s | fastgen images/s | speed-up |", "|---|---:|---:|---:|---:|",
+        lambda r: _by_setting(r, "callers", "images_per_s", "speedup_by_callers", ".2f")))
 
 
 def batch(d) -> str:
-    j = _load(d, "batch_scaling")
-    out = ["| model | images / prompt | diffusers s/image | fastgen s/image | speed-up |", "|---|---:|---:|---:|---:|"]
-    for r in j.get("models", []):
-        s = _skip_or_err(r)
-        if s:
-            out.append(s)
-            continue
-        by = {(x["framework"], x["num_images_per_prompt"]): x["s_per_image"] for x in r["rows"]}
-        for n in sorted({x["num_images_per_prompt"] for x in r["rows"]}):
-            out.append(f"| {r['model']} ({r['steps']} steps) | {n} | {by[('diffusers', n)]:.3f} | "
-                       f"{by[('fastgen', n)]:.3f} | {r['speedup_by_batch'][str(n)]:.1f}x |")
-    return "\n".join(out)
+    return "\n".join(_model_table(
+        _load(d, "batch_scaling").get("models", []),
+        "| model | images / prompt | diffusers s/image | fastgen s/image | speed-up |", "|---|---:|---:|---:|---:|",
+        lambda r: _by_setting(r, "num_images_per_prompt", "s_per_image", "speedup_by_batch", ".3f")))
 
 
 def captioning(d) -> str:
-    j = _load(d, "captioning")
-    out = ["| model | beams | transformers captions/s | fastgen captions/s | transformers ms/token | "
-           "fastgen ms/token | speed-up | same ids |", "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in j.get("models", []):
-        s = _skip_or_err(r)
-        if s:
-            out.append(s)
-            continue
+    def rows(r):
         for x in r["rows"]:
-            out.append(f"| {r['model']} | {x['num_beams']} | {x['transformers_captions_per_s']:.2f} | "
-                       f"{x['fastgen_captions_per_s']:.2f} | {x['transformers_ms_per_token']:.1f} | "
-                       f"{x['fastgen_ms_per_token']:.1f} | {x['speedup']:.1f}x | {x['same_token_ids']} |")
-    return "\n".join(out)
+            yield (f"| {r['model']} | {x['num_beams']} | {x['transformers_captions_per_s']:.2f} | "
+                   f"{x['fastgen_captions_per_s']:.2f} | {x['transformers_ms_per_token']:.1f} | "
+                   f"{x['fastgen_ms_per_token']:.1f} | {x['speedup']:.1f}x | {x['same_token_ids']} |")
+
+    return "\n".join(_model_table(
+        _load(d, "captioning").get("models", []),
+        "| model | beams | transformers captions/s | fastgen captions/s | transformers ms/token | "
+        "fastgen ms/token | speed-up | same ids |", "|---|---:|---:|---:|---:|---:|---:|---|", rows))
 
 
 def video(d) -> str:
-    j = _load(d, "video")
-    out = ["| model | frames | framework | long video | s/frame | s/video | first call s | peak RSS MiB | "
-           "speed-up | RSS ratio | max abs diff |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in j.get("models", []):
-        s = _skip_or_err(r)
-        if s:
-            out.append(s)
-            continue
+    def rows(r):
         for x in sorted(r["rows"], key=lambda x: (x["num_frames"], x["framework"] == "fastgen")):
             b, ran, fg = r["by_frames"][str(x["num_frames"])], x["ran"], x["framework"] == "fastgen"
             if not b["long_video"]:
@@ -180,10 +165,14 @@ def video(d) -> str:
                 how = f"FreeNoise {fn['context_length']}/{fn['context_stride']} ({len(fn['windows'])})"
             ratios = (f"{_x(b['speedup_s_per_frame'])} | {_x(b['ratio_peak_rss'])} less | {b['max_abs_diff']:.1e}"
                       if fg else " | | ")
-            out.append(f"| {r['model']} ({r['height']}px, {r['steps']} steps) | {x['num_frames']} | {x['framework']} | "
-                       f"{how} | {x['s_per_frame']:.4f} | {x['s_per_video']:.2f} | {x['first_call_s']:.2f} | "
-                       f"{x['peak_rss_mb']:.0f} | {ratios} |")
-    return "\n".join(out)
+            yield (f"| {r['model']} ({r['height']}px, {r['steps']} steps) | {x['num_frames']} | {x['framework']} | "
+                   f"{how} | {x['s_per_frame']:.4f} | {x['s_per_video']:.2f} | {x['first_call_s']:.2f} | "
+                   f"{x['peak_rss_mb']:.0f} | {ratios} |")
+
+    return "\n".join(_model_table(
+        _load(d, "video").get("models", []),
+        "| model | frames | framework | long video | s/frame | s/video | first call s | peak RSS MiB | "
+        "speed-up | RSS ratio | max abs diff |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|", rows))
 
 
 def main(argv=None) -> int:
