@@ -30,6 +30,7 @@ CONFIGS = {
     "euler-v": dict(SD, _class_name="EulerDiscreteScheduler", prediction_type="v_prediction"),
     "euler-sample": dict(SD, _class_name="EulerDiscreteScheduler", prediction_type="sample"),
     "euler-a": dict(SD, _class_name="EulerAncestralDiscreteScheduler"),
+    "euler-a-v": dict(SD, _class_name="EulerAncestralDiscreteScheduler", prediction_type="v_prediction"),
     "dpm++2m": dict(SD, _class_name="DPMSolverMultistepScheduler"),
     "dpm++3m": dict(SD, _class_name="DPMSolverMultistepScheduler", solver_order=3),
     "dpm++2m-heun-v": dict(SD, _class_name="DPMSolverMultistepScheduler", solver_type="heun",

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "schedulers/kernels.h"
 #include "schedulers/scheduler.h"
 #include "schedulers/sigma_utils.h"
 
@@ -47,6 +48,13 @@ class EulerAncestral final : public EulerFamilyScheduler {
 
   void step(const float* model_output, double t, const float* sample, float* out, size_t n, size_t batch,
             const float* noise, double eta) override {
+    step_io(StepIO::plain(model_output), t, sample, out, n, batch, noise, eta);
+  }
+
+  // x0, then x + ((x - x0) / sigma) * dt + noise * sigma_up, with guidance and the next model input
+  // in the same pass (the noise is drawn first, into its own buffer).
+  bool step_io(const StepIO& io, double t, const float* sample, float* out, size_t n, size_t,
+               const float* noise, double) override {
     const int idx = sigma_index(t);
     const float sigma = sigma_at(idx);
     const float sf = sigma, st = sigma_at(idx + 1);
@@ -56,14 +64,25 @@ class EulerAncestral final : public EulerFamilyScheduler {
     const float dt = sigma_down - sigma;
     const float s2 = sigma * sigma + 1.0f;
     const float c = -sigma / std::sqrt(s2);
-    noise = noise_or_draw(noise, n);
-    for (size_t i = 0; i < n; ++i) {
-      const float x = sample[i], m = model_output[i];
-      const float x0 = v_pred_ ? m * c + x / s2 : x - sigma * m;
-      const float prev = x + ((x - x0) / sigma) * dt;
-      out[i] = prev + noise[i] * sigma_up;
-    }
+    const float* z = noise_or_draw(noise, n);
+    const bool v_pred = v_pred_;
+    const bool fed = kernels::with_io(io, out, feed_scale(io, idx), [=](auto mo, auto store) {
+      if (v_pred) {
+        FASTGEN_SIMD for (size_t i = 0; i < n; ++i) {
+          const float x = sample[i];
+          const float x0 = mo(i) * c + x / s2;
+          store(i, (x + ((x - x0) / sigma) * dt) + z[i] * sigma_up);
+        }
+      } else {
+        FASTGEN_SIMD for (size_t i = 0; i < n; ++i) {
+          const float x = sample[i];
+          const float x0 = x - sigma * mo(i);
+          store(i, (x + ((x - x0) / sigma) * dt) + z[i] * sigma_up);
+        }
+      }
+    });
     advance();
+    return fed;
   }
 
  private:
