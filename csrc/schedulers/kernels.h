@@ -8,10 +8,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <optional>
 
 #include "common.h"  // FASTGEN_SIMD
 #include "schedulers/scheduler.h"
-
 
 namespace fastgen::kernels {
 
