@@ -15,10 +15,7 @@ void bind_sampling(py::module_& m) {
         auto in = require_f32(latents_obj, "latents");
         if (in.ndim() < 2 || in.shape(0) < 1 || in.size() == 0)
           throw ShapeError("latents must have shape (batch, ...) with batch >= 1, got " + shape_str(shape_of(in)));
-        LoopOptions opt;
-        opt.guidance_scale = guidance_scale;
-        opt.guidance_rescale = guidance_rescale;
-        opt.eta = eta;
+        const LoopOptions opt{guidance_scale, guidance_rescale, eta};
         const size_t batch = static_cast<size_t>(in.shape(0));
         const size_t per = static_cast<size_t>(in.size()) / batch;
         const size_t rows = uses_cfg(opt) ? 2 * batch : batch;
@@ -42,14 +39,7 @@ void bind_sampling(py::module_& m) {
           py::object r = denoise(x, py::float_(t));
           return checked_prediction(r, expect, x_shape, last_pred);
         };
-        StepCallback cb;
-        if (!callback.is_none()) {
-          cb = [&](int step, double t, float*) -> bool {
-            py::gil_scoped_acquire gil;
-            py::object r = callback(step, py::float_(t), latents);
-            return r.is_none() || py::cast<bool>(r);
-          };
-        }
+        const StepCallback cb = python_step_callback(callback, latents);
         {
           py::gil_scoped_release nogil;
           sample_loop(s, lat_ptr, batch, per, x_ptr, fn, cb, opt);

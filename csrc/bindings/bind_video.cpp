@@ -34,10 +34,7 @@ void bind_video(py::module_& m) {
         sh.context_stride = context_stride;
         sh.weighting = parse_window_weighting(weighting);
         context_windows(static_cast<int>(sh.frames), context_length, context_stride);  // validate early
-        LoopOptions opt;
-        opt.guidance_scale = guidance_scale;
-        opt.guidance_rescale = guidance_rescale;
-        opt.eta = eta;
+        const LoopOptions opt{guidance_scale, guidance_rescale, eta};
         if (!(guidance_scale >= 0)) throw ArgumentError("guidance_scale must be >= 0");
         const size_t rows = uses_cfg(opt) ? 2 * sh.batch : sh.batch;
         const size_t L = std::min<size_t>(sh.frames, static_cast<size_t>(context_length));
@@ -53,14 +50,7 @@ void bind_video(py::module_& m) {
           py::object r = denoise(x, py::float_(t), py::int_(start));
           return checked_prediction(r, expect, x_shape, last_pred);
         };
-        StepCallback cb;
-        if (!callback.is_none()) {
-          cb = [&](int step, double t, float*) -> bool {
-            py::gil_scoped_acquire gil;
-            py::object r = callback(step, py::float_(t), latents);
-            return r.is_none() || py::cast<bool>(r);
-          };
-        }
+        const StepCallback cb = python_step_callback(callback, latents);
         float* lat_ptr = latents.mutable_data();
         float* x_ptr = x.mutable_data();
         {
@@ -91,9 +81,7 @@ void bind_video(py::module_& m) {
         sh.frames = static_cast<size_t>(in.shape(2));
         sh.hw = static_cast<size_t>(in.shape(3) * in.shape(4));
         sh.context_length = context_length;
-        LoopOptions opt;
-        opt.guidance_scale = guidance_scale;
-        opt.guidance_rescale = guidance_rescale;
+        const LoopOptions opt{guidance_scale, guidance_rescale};
         if (!(guidance_scale >= 0)) throw ArgumentError("guidance_scale must be >= 0");
         FifoCoefficients coef{std::move(sqrt_a), std::move(sqrt_1ma), std::move(sqrt_a_prev), std::move(sqrt_1ma_prev)};
         const size_t rows = uses_cfg(opt) ? 2 * sh.batch : sh.batch;

@@ -36,6 +36,15 @@ const float* checked_prediction(const py::object& result, ssize_t expect, const 
   return arr.data();
 }
 
+StepCallback python_step_callback(const py::object& callback, const py::array& latents) {
+  if (callback.is_none()) return {};
+  return [&callback, &latents](int step, double t, float*) -> bool {
+    py::gil_scoped_acquire gil;
+    py::object r = callback(step, py::float_(t), latents);
+    return r.is_none() || py::cast<bool>(r);
+  };
+}
+
 py::array_t<float> empty_staggered(const std::vector<ssize_t>& shape, const void* other) {
   constexpr uintptr_t page = 4096, half = 2048;
   ssize_t count = 1;

@@ -4,6 +4,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "sampling/loop.h"
+
 #include <string>
 #include <vector>
 
@@ -27,6 +29,10 @@ const float* checked_prediction(const py::object& result, ssize_t expect, const 
 // addresses agree in the low 12 bits (as two fresh large numpy allocations do: both are mmap'd pages
 // plus the same header) loads falsely depend on stores (4K aliasing) and a step runs 2-4x slower.
 py::array_t<float> empty_staggered(const std::vector<ssize_t>& shape, const void* other);
+
+// The loop's per-step callback calling Python's callback(step, t, latents) (returning False stops the
+// loop), or an empty one when `callback` is None. Both arguments must outlive the returned function.
+StepCallback python_step_callback(const py::object& callback, const py::array& latents);
 
 void bind_random(py::module_& m);
 void bind_schedulers(py::module_& m);
