@@ -68,6 +68,12 @@ def plan_video_pipeline(root: str) -> dif.PipelinePlan:
     return dif.PipelinePlan(root, class_name, family, kind, index, parts)
 
 
+def _text_per_frame(encoder_hidden_states, frames):
+    """(batch, tokens, dim) text states -> (batch * frames, tokens, dim), as the motion UNet's frames see them."""
+    b, length, dim = encoder_hidden_states.shape
+    return encoder_hidden_states[:, None].expand(b, frames, length, dim).reshape(b * frames, length, dim)
+
+
 def build_motion_unet(plan: dif.PipelinePlan, *, text_length: int) -> dif.ComponentSpec:
     """The UNetMotionModel with the engine boundary (see the module docstring)."""
     import torch
@@ -87,9 +93,7 @@ def build_motion_unet(plan: dif.PipelinePlan, *, text_length: int) -> dif.Compon
             self.model = m
 
         def forward(self, sample, timestep, encoder_hidden_states):
-            f = sample.shape[2]
-            b, length, dim = encoder_hidden_states.shape
-            ehs = encoder_hidden_states[:, None].expand(b, f, length, dim).reshape(b * f, length, dim)
+            ehs = _text_per_frame(encoder_hidden_states, sample.shape[2])
             return self.model(sample, timestep, ehs, return_dict=False)[0].float()
 
     inputs = [dif.TensorSpec("sample", "float32", ("batch", c_in, "frames", "latent_height", "latent_width")),
@@ -162,9 +166,7 @@ def build_motion_unet_per_frame(plan: dif.PipelinePlan, *, text_length: int) -> 
             self.model = m
 
         def forward(self, sample, timestep, encoder_hidden_states):
-            f = sample.shape[2]
-            b, length, dim = encoder_hidden_states.shape
-            ehs = encoder_hidden_states[:, None].expand(b, f, length, dim).reshape(b * f, length, dim)
+            ehs = _text_per_frame(encoder_hidden_states, sample.shape[2])
             return _per_frame_forward(self.model, sample, timestep, ehs).float()
 
     inputs = list(base.inputs)
