@@ -244,11 +244,7 @@ class _Exporter:
         self.parity_dims = self._dims(1, parity_hw, f)
 
         self._tokenizers()
-        sched = dif.scheduler_config(plan)
-        os.makedirs(os.path.join(self.work, "scheduler"))
-        shutil.copyfile(os.path.join(plan.path("scheduler"), "scheduler_config.json"),
-                        os.path.join(self.work, "scheduler", "scheduler_config.json"))
-        m["scheduler"] = {"path": "scheduler/scheduler_config.json", "class": sched.get("_class_name")}
+        sched = self._scheduler()
 
         for te in ("text_encoder", "text_encoder_2", "text_encoder_3"):
             if plan.has(te):
@@ -269,6 +265,16 @@ class _Exporter:
 
         m["config"] = dif.pipeline_config(plan, self.info, m["tokenizers"], sched)
         mf.write_manifest(self.work, m)
+
+    def _scheduler(self) -> dict:
+        """Copy the scheduler config into the engine, record it in the manifest and return it."""
+        sched = dif.scheduler_config(self.plan)
+        rel = "scheduler/scheduler_config.json"
+        os.makedirs(os.path.join(self.work, "scheduler"))
+        shutil.copyfile(os.path.join(self.plan.path("scheduler"), "scheduler_config.json"),
+                        os.path.join(self.work, rel))
+        self.manifest["scheduler"] = {"path": rel, "class": sched.get("_class_name")}
+        return sched
 
     def _tokenizers(self) -> None:
         for te, tok in _TOKENIZER_OF.items():

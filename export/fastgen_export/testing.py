@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastgen.errors import InvalidArgumentError
@@ -209,24 +211,35 @@ def _build_sd3(root: str, with_t5: bool, vae_scale_factor: int, overrides: dict)
                                     tokenizer_3=tok3, **overrides.get("pipeline", {}))
 
 
-def build_tiny_pipeline(kind: str, out_dir: str | os.PathLike, *, seed: int = 0, vae_scale_factor: int = 4,
-                        **overrides: dict[str, Any]) -> str:
-    """Build a tiny random-weight pipeline of ``kind`` (see :data:`KINDS`), save it to ``out_dir``, return it.
-
-    Weights are drawn from ``torch.manual_seed(seed)``, so the same arguments give the same folder.
-    """
+@contextmanager
+def seeded_build(out_dir: str | os.PathLike, seed: int) -> Iterator[tuple[str, str]]:
+    """Create ``out_dir`` and yield (out_dir, a scratch folder inside it) with torch seeded by ``seed``;
+    afterwards torch's RNG state is restored and the scratch folder removed."""
     import shutil
 
     import torch
 
-    if kind not in KINDS:
-        raise InvalidArgumentError(f"unknown tiny pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     scratch = os.path.join(out_dir, ".tiny-build")
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
+        yield out_dir, scratch
+    finally:
+        torch.random.set_rng_state(state)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def build_tiny_pipeline(kind: str, out_dir: str | os.PathLike, *, seed: int = 0, vae_scale_factor: int = 4,
+                        **overrides: dict[str, Any]) -> str:
+    """Build a tiny random-weight pipeline of ``kind`` (see :data:`KINDS`), save it to ``out_dir``, return it.
+
+    Weights are drawn from ``torch.manual_seed(seed)``, so the same arguments give the same folder.
+    """
+    if kind not in KINDS:
+        raise InvalidArgumentError(f"unknown tiny pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
+    with seeded_build(out_dir, seed) as (out_dir, scratch):
         if kind in ("sd", "sd2v", "inpaint"):
             pipe = _build_sd(scratch, kind, vae_scale_factor, overrides)
         elif kind == "sdxl":
@@ -234,9 +247,6 @@ def build_tiny_pipeline(kind: str, out_dir: str | os.PathLike, *, seed: int = 0,
         else:
             pipe = _build_sd3(scratch, kind == "sd3_t5", vae_scale_factor, overrides)
         pipe.save_pretrained(out_dir, safe_serialization=True)
-    finally:
-        torch.random.set_rng_state(state)
-        shutil.rmtree(scratch, ignore_errors=True)
     return out_dir
 
 

@@ -17,7 +17,6 @@ here (``plan_video_pipeline`` + :class:`VideoExporter`). The engine holds:
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 from fastgen.errors import ExportError, InvalidArgumentError
@@ -224,11 +223,7 @@ def _make_video_exporter():
             self.parity_dims = {**self._dims(1, parity_hw, f), "frames": parity_f}
 
             self._tokenizers()
-            sched = dif.scheduler_config(plan)
-            os.makedirs(os.path.join(self.work, "scheduler"))
-            shutil.copyfile(os.path.join(plan.path("scheduler"), "scheduler_config.json"),
-                            os.path.join(self.work, "scheduler", "scheduler_config.json"))
-            m["scheduler"] = {"path": "scheduler/scheduler_config.json", "class": sched.get("_class_name")}
+            sched = self._scheduler()
             length = m["tokenizers"]["tokenizer"]["max_length"]
             self._component(lambda: dif.build_text_encoder(plan, "text_encoder", length))
             self._component(lambda: build_motion_unet(plan, text_length=length))
@@ -258,11 +253,7 @@ def _make_video_exporter():
             export_hw, parity_hw = self._latent_dims(den_cfg)
             self.export_dims = {**self._dims(2, export_hw, f), "frames": 4}
             self.parity_dims = {**self._dims(1, parity_hw, f), "frames": 3}
-            sched = dif.scheduler_config(plan)
-            os.makedirs(os.path.join(self.work, "scheduler"))
-            shutil.copyfile(os.path.join(plan.path("scheduler"), "scheduler_config.json"),
-                            os.path.join(self.work, "scheduler", "scheduler_config.json"))
-            m["scheduler"] = {"path": "scheduler/scheduler_config.json", "class": sched.get("_class_name")}
+            sched = self._scheduler()
             specs = build_svd_components(plan)
             for spec in specs:
                 self._component(lambda spec=spec: spec)
@@ -436,16 +427,11 @@ def build_tiny_animatediff(out_dir: str | os.PathLike, *, seed: int = 0, motion_
     import torch
     from diffusers import AnimateDiffPipeline, MotionAdapter
 
-    from .testing import _CLIP_HIDDEN, _clip_pair, _scheduler, _unet, _vae
+    from .testing import _CLIP_HIDDEN, _clip_pair, _scheduler, _unet, _vae, seeded_build
 
     if not isinstance(motion_max_seq_length, int) or motion_max_seq_length < 1:
         raise InvalidArgumentError(f"motion_max_seq_length must be an int >= 1, got {motion_max_seq_length!r}")
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    scratch = os.path.join(out_dir, ".tiny-build")
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded_build(out_dir, seed) as (out_dir, scratch):
         tok, te = _clip_pair(scratch, "", overrides, projection=False)
         unet = _unet(4, _CLIP_HIDDEN, overrides)
         acfg = dict(block_out_channels=tuple(unet.config.block_out_channels), motion_layers_per_block=1,
@@ -466,7 +452,4 @@ def build_tiny_animatediff(out_dir: str | os.PathLike, *, seed: int = 0, motion_
         pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=adapter,
                                    scheduler=sched)
         pipe.save_pretrained(out_dir, safe_serialization=True)
-    finally:
-        torch.random.set_rng_state(state)
-        shutil.rmtree(scratch, ignore_errors=True)
     return out_dir
