@@ -166,7 +166,7 @@ def test_long_prompt_truncated_like_clip_tokenizer(eng):
     prompt = " ".join(["red cat photo"] * 60)
     want = ref([prompt, "a cat"], padding="max_length", max_length=77, truncation=True).input_ids
     pipe = fastgen.Pipeline.load(eng)
-    got = pipe.tokenizer("tokenizer")([prompt, "a cat"])
+    got = pipe.text.tokenizer("tokenizer")([prompt, "a cat"])
     np.testing.assert_array_equal(got, np.array(want))
     out = pipe(prompt, num_inference_steps=2, output_type="np")
     assert np.isfinite(out.images).all()

@@ -131,7 +131,7 @@ def test_inpaint_matches_diffusers(kind, strength, monkeypatch):
         got = pipe.inpaint("a red cat", image=img, mask_image=mask_img, output_type="np", scheduler="ddim",
                            latents=noise, **kw).images
     else:
-        monkeypatch.setattr(fastgen.pipelines.diffusion, "randn", lambda shape, seed: noise)
+        monkeypatch.setattr(fastgen.pipelines.image, "randn", lambda shape, seed: noise)
         got = pipe.inpaint("a red cat", image=img, mask_image=mask_img, output_type="np", scheduler="ddim",
                            **kw).images
     assert max_diff(got, want) < 2e-3

@@ -16,7 +16,7 @@ def test_sdxl_text2img_matches_diffusers(negative):
     src, eng = tiny_engine("sdxl")
     ref = diffusers_pipe(src, "StableDiffusionXLPipeline")
     pipe = fastgen.Pipeline.load(eng)
-    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    assert type(pipe).__name__ == "ImagePipeline" and pipe.family == "sdxl"
     sched = ref.scheduler.__class__.__name__
     lat = fastgen.randn((2, 4, H // 4, W // 4), seed=4)
     kw = dict(negative_prompt=negative, num_inference_steps=5, guidance_scale=5.0, height=H, width=W,
@@ -33,7 +33,7 @@ def test_sd3_text2img_matches_diffusers(kind):
     extra = {} if kind == "sd3_t5" else {"text_encoder_3": None, "tokenizer_3": None}
     ref = diffusers_pipe(src, "StableDiffusion3Pipeline", **extra)
     pipe = fastgen.Pipeline.load(eng)
-    assert type(pipe).__name__ == "StableDiffusion3Pipeline"
+    assert type(pipe).__name__ == "ImagePipeline" and pipe.family == "sd3"
     assert pipe.manifest.has("text_encoder_3") == (kind == "sd3_t5")
     c = pipe.latent_channels
     lat = fastgen.randn((1, c, H // 4, W // 4), seed=8)
@@ -99,7 +99,7 @@ def test_inpaint_xl_sd3_matches_diffusers(kind, cls, module, monkeypatch):
     monkeypatch.setattr(m, "retrieve_latents", lambda out, generator=None, sample_mode="sample": orig(
         out, sample_mode="argmax"))
     monkeypatch.setattr(m, "randn_tensor", lambda shape, **k: torch.from_numpy(noise.copy()))
-    monkeypatch.setattr(fastgen.pipelines.diffusion, "randn", lambda shape, seed: noise)
+    monkeypatch.setattr(fastgen.pipelines.image, "randn", lambda shape, seed: noise)
     kw = dict(strength=0.7, num_inference_steps=6, guidance_scale=4.0, height=H, width=W)
     # diffusers 0.42's SD3 inpaint decodes latents / scaling_factor without adding the VAE shift_factor
     # (its text2img and img2img do add it); fastgen decodes SD3 latents the same way for every task, so

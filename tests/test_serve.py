@@ -49,19 +49,19 @@ class Proxy:
     def __getattr__(self, name):
         return getattr(self._pipe, name)
 
-    def __call__(self, prompt, **kw):
-        prompts = prompt if isinstance(prompt, list) else [prompt]
+    def run(self, req):
+        prompts = list(req.prompts)
         self.calls.append(len(prompts))
         if self.fail_on is not None and self.fail_on in prompts:
             raise RuntimeError("injected failure")
         if self.delay:
-            cb = kw.get("callback")
+            cb = req.callback
             end = time.monotonic() + self.delay
             while time.monotonic() < end:
                 time.sleep(0.01)
                 if cb is not None and cb(-1, 0.0, None) is False:
                     raise fastgen.CancelledError("cancelled")
-        return self._pipe(prompt, **kw)
+        return self._pipe.run(req)
 
 
 def png_pixels(b64: str) -> np.ndarray:
@@ -235,11 +235,11 @@ def test_batching_off_and_max_batch_respected(eng, pipe):
     ({"prompt": "x", "n": "2"}, 400, "'n' must be an integer"),
     ({"prompt": "x", "n": 99}, 400, "'n' must be in"),
     ({"prompt": "x", "steps": True}, 400, "'steps' must be an integer"),
-    ({"prompt": "x", "guidance": "high"}, 400, "'guidance' must be a number"),
-    ({"prompt": "x", "seed": -1}, 400, "'seed' must be in"),
+    ({"prompt": "x", "guidance": "high"}, 400, "guidance_scale must be a number"),
+    ({"prompt": "x", "seed": -1}, 400, "seed must be None or an int in [0, 2**63)"),
     ({"prompt": "x", "size": "big"}, 400, "'size' must look like"),
-    ({"prompt": "x", "size": "60x64"}, 400, "not allowed"),
-    ({"prompt": "x", "size": "1024x1024"}, 400, "not allowed"),
+    ({"prompt": "x", "size": "60x64"}, 400, "width must be a multiple of 8"),
+    ({"prompt": "x", "size": "1024x1024"}, 400, "height must be in ["),
     ({"prompt": "x", "scheduler": "nope"}, 400, "unknown scheduler"),
     ({"prompt": "x", "image": "###"}, 400, "not valid base64"),
     ({"prompt": "x", "image": base64.b64encode(b"not an image").decode()}, 400, "not a readable image"),
@@ -513,21 +513,40 @@ def test_uvicorn_load_all_answered_and_batched(eng):
 
 
 class FakeVideo:
-    """A stand-in text-to-video pipeline (the real one is checked in test_video.py): frames from the seed."""
+    """A stand-in video pipeline (the real ones are checked in test_video.py): frames from the seed. It
+    keeps the pipeline protocol: validate() -> the real request type, run(request)."""
 
     kind = "text2video"
     engine_dir = "fake-video"
     default_steps = 2
 
-    def __call__(self, prompt, seed=0, output_type="np", callback=None, num_frames=4, num_inference_steps=2,
-                 height=16, width=24, **kw):
+    def validate(self, first=None, *, seed=None, output_type="np", callback=None, num_frames=4,
+                 num_inference_steps=2, height=16, width=24, **kw):
         if kw:
             raise fastgen.InvalidArgumentError(f"unexpected {sorted(kw)}")
-        for i in range(num_inference_steps):
-            if callback is not None and callback(i, 0.0, None) is False:
+        from fastgen._args import check_int, check_seed
+
+        num_frames = check_int("num_frames", num_frames, 1, 64)
+        common = dict(num_frames=num_frames, num_inference_steps=num_inference_steps, height=height, width=width,
+                      seed=check_seed("seed", seed), latents=None, output_type=output_type, callback=callback)
+        if self.kind == "img2video":
+            return fastgen.ImageToVideoRequest(images=(first,), min_guidance_scale=1.0, max_guidance_scale=3.0,
+                                               fps=7.0, motion_bucket_id=127.0, noise_aug_strength=0.02,
+                                               decode_chunk_size=num_frames, image_noise=None, **common)
+        return fastgen.VideoRequest(prompts=(first,), negative_prompts=None, guidance_scale=7.5,
+                                    num_videos_per_prompt=1, scheduler=None, guidance_rescale=0.0, eta=0.0,
+                                    window_callback=None, context_length=num_frames, context_stride=4,
+                                    context_weighting="pyramid", decode_chunk_size=8, long_video="context", **common)
+
+    def run(self, req):
+        for i in range(req.num_inference_steps):
+            if req.callback is not None and req.callback(i, 0.0, None) is False:
                 raise fastgen.CancelledError("cancelled")
-        frames = np.clip(fastgen.randn((1, num_frames, height, width, 3), seed) * 0.2 + 0.5, 0, 1)
-        return type("VideoOutput", (), {"frames": frames.astype(np.float32), "seed": seed, "timings": {}})()
+        frames = np.clip(fastgen.randn((1, req.num_frames, req.height, req.width, 3), req.seed) * 0.2 + 0.5, 0, 1)
+        return fastgen.VideoOutput(frames=frames.astype(np.float32), seed=req.seed)
+
+    def __call__(self, *a, **kw):
+        return self.run(self.validate(*a, **kw))
 
 
 def test_video_jobs():
@@ -551,8 +570,9 @@ def test_video_jobs():
         assert c.post("/v1/videos", json={"prompt": "x", "fps": 3}).status_code == 400
         assert c.post("/v1/videos", json={"prompt": "x", "num_frames": "many"}).status_code == 400
         assert c.post("/v1/generate", json={"prompt": "x", "model": "vid"}).status_code == 400
-        bad_job = wait(c, c.post("/v1/videos", json={"prompt": "x", "eta": 0.5}).json()["id"])
-        assert bad_job["status"] == "failed" and bad_job["error"]["type"] == "invalid_request_error"
+        # arguments the pipeline refuses are refused before a job is made
+        r = c.post("/v1/videos", json={"prompt": "x", "eta": 0.5})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
         # image-to-video engines take an image and no prompt
         FakeVideo.kind = "img2video"
         try:
@@ -575,7 +595,8 @@ def imgproc_to_pil(frames):
 
 
 class FakeCaptioner:
-    """A stand-in captioning pipeline (the real one is checked in test_caption.py): the caption is the size."""
+    """A stand-in captioning pipeline (the real one is checked in test_caption.py): the caption is the size.
+    It keeps the pipeline protocol: validate() -> a real CaptionRequest, run(request)."""
 
     kind = "captioning"
     engine_dir = "fake-captioner"
@@ -583,10 +604,21 @@ class FakeCaptioner:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, images, prompt=None, *, max_new_tokens=20, num_beams=1, num_return_sequences=1, **kw):
-        self.calls.append(len(images))
-        texts = [f"{prompt or ''}{im.size[0]}x{im.size[1]}#{k}" for im in images for k in range(num_return_sequences)]
-        return type("CaptionOutput", (), {"texts": texts, "timings": {}})()
+    def validate(self, images, prompt=None, *, max_new_tokens=20, num_beams=1, num_return_sequences=1,
+                 length_penalty=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0):
+        from fastgen._args import check_int
+
+        return fastgen.CaptionRequest(
+            images=tuple(images), prompts=None if prompt is None else (prompt,) * len(images),
+            max_new_tokens=max_new_tokens, num_beams=check_int("num_beams", num_beams, 1, 64),
+            length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=False,
+            num_return_sequences=num_return_sequences, repetition_penalty=repetition_penalty)
+
+    def run(self, req):
+        self.calls.append(len(req.images))
+        texts = [f"{req.prompts[i] if req.prompts else ''}{im.size[0]}x{im.size[1]}#{k}"
+                 for i, im in enumerate(req.images) for k in range(req.num_return_sequences)]
+        return fastgen.CaptionOutput(texts=texts, token_ids=[[] for _ in texts])
 
 
 def b64png(w, h):

@@ -72,9 +72,9 @@ def test_matches_diffusers_animatediff(animatediff):
 
 def _reference_context_loop(vid, prompt, latents, steps, g, ctx, stride, weighting):
     """NumPy reference of context-window denoising: blend every window's guided prediction."""
-    sched = vid.make_scheduler()
+    sched = vid.schedulers.make()
     sched.set_timesteps(steps)
-    cond = vid.encode_prompt([prompt], None, 1, g > 1, {}).arrays["encoder_hidden_states"]
+    cond = vid.prompt_encoder([prompt], None, 1, g > 1, {}).arrays["encoder_hidden_states"]
     net = vid.session("unet")
     F = latents.shape[2]
     starts = list(range(0, F - ctx, stride)) + [F - ctx]
@@ -310,7 +310,7 @@ def _fifo_reference(vid, prompt, frames, steps, g, ctx, seed, h, w):
     """Straightforward NumPy FIFO-Diffusion: same queue, partitions, per-frame timesteps and DDIM update."""
     from fastgen.sampling import randn
 
-    sched = vid.make_scheduler()
+    sched = vid.schedulers.make()
     sched.set_timesteps(steps)
     cfg = sched.config
     n = cfg["num_train_timesteps"]
@@ -326,7 +326,7 @@ def _fifo_reference(vid, prompt, frames, steps, g, ctx, seed, h, w):
     noise = randn((1, 4, L, lh, lw), seed ^ 0xD1A6)
     queue = [np.sqrt(ac[ts[j]]) * clip[:, :, j] + np.sqrt(np.float32(1) - ac[ts[j]]) * noise[:, :, j]
              for j in range(L)]
-    cond = vid.encode_prompt([prompt], None, 1, g > 1, {}).arrays["encoder_hidden_states"]
+    cond = vid.prompt_encoder([prompt], None, 1, g > 1, {}).arrays["encoder_hidden_states"]
     net = vid.session("unet_fifo")
     starts = list(range(0, L - ctx, ctx)) + [L - ctx] if L > ctx else [0]
     c = min(ctx, L)
@@ -397,7 +397,7 @@ def test_export_stable_video_diffusion(tmp_path):
     from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
     from PIL import Image
 
-    from fastgen.pipelines.video import resize_with_antialiasing
+    from fastgen.pipelines.svd import resize_with_antialiasing
 
     for shape in [(1, 3, 37, 53), (2, 3, 300, 410)]:
         x = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)

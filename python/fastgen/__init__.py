@@ -20,7 +20,9 @@ __version__ = "0.1.0"
 
 from . import schedulers  # noqa: E402
 from .sampling import randn, sample_loop  # noqa: E402
-from .pipelines import Pipeline, PipelineOutput  # noqa: E402
+from .pipelines import Pipeline  # noqa: E402
+from .outputs import CaptionOutput, ImageOutput, PipelineOutput, VideoOutput  # noqa: E402,F401
+from .requests import CaptionRequest, ImageRequest, ImageToVideoRequest, VideoRequest  # noqa: E402,F401
 from .video_io import export_video  # noqa: E402,F401  (video, issue 9)
 
 

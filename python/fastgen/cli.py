@@ -1,4 +1,4 @@
-"""The `fastgen` command line: export | build-trt | generate | caption | info | bench | serve.
+"""The `fastgen` command line: export | build-trt | generate | caption | info | serve.
 
 Subcommands that need heavy dependencies import them lazily, so `fastgen generate` never loads
 torch, and `fastgen export` only needs the `export` extra.
@@ -12,23 +12,25 @@ import sys
 from .errors import FastgenError
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    try:
-        from fastgen_export.cli import add_export_arguments, add_build_trt_arguments
-    except ImportError:  # exporter not installed: keep the subcommands, explain on use
-        add_export_arguments = add_build_trt_arguments = None
-    p = sub.add_parser("export", help="export a diffusers / transformers checkpoint to an engine directory")
-    if add_export_arguments is not None:
-        add_export_arguments(p)
-    else:
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_run_export)
-    p = sub.add_parser("build-trt", help="build TensorRT plans for an engine directory")
-    if add_build_trt_arguments is not None:
-        add_build_trt_arguments(p)
-    else:
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_run_build_trt)
+EXPORT_COMMANDS = {
+    # name: (help, the exporter's argument function, its run function)
+    "export": ("export a diffusers / transformers checkpoint to an engine directory",
+               "add_export_arguments", "run_export"),
+    "build-trt": ("build TensorRT plans for an engine directory", "add_build_trt_arguments", "run_build_trt"),
+}
+
+
+def _add_export(sub: argparse._SubParsersAction, command: str | None) -> None:
+    """The exporter's subcommands. Their arguments come from the exporter package, imported only when
+    one of them runs (``fastgen generate`` never imports it)."""
+    for name, (help_, add_name, run_name) in EXPORT_COMMANDS.items():
+        p = sub.add_parser(name, help=help_ + " (needs the 'export' extra)")
+        if name == command:
+            exp = _exporter()
+            getattr(exp, add_name)(p)
+            p.set_defaults(func=getattr(exp, run_name))
+        else:
+            p.add_argument("rest", nargs=argparse.REMAINDER)
 
 
 def _exporter():
@@ -40,26 +42,18 @@ def _exporter():
     return m
 
 
-def _run_export(args: argparse.Namespace) -> int:
-    return _exporter().run_export(args)
-
-
-def _run_build_trt(args: argparse.Namespace) -> int:
-    return _exporter().run_build_trt(args)
-
-
 # Each runtime subcommand module exposes add_arguments(parser) and run(args) -> int.
 _RUNTIME_COMMANDS = {
     # name: (module, help)
     "generate": ("fastgen.commands.generate", "generate images (or video) from a prompt"),
     "info": ("fastgen.commands.info", "print an engine directory's manifest"),
     "caption": ("fastgen.commands.caption", "caption images with a captioning engine"),
-    "bench": ("fastgen.commands.bench", "time an engine: load, per-step, end to end"),
     "serve": ("fastgen.commands.serve", "serve engines over HTTP"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the exporter's arguments are added only when ``command`` is one of its subcommands."""
     import importlib
 
     parser = argparse.ArgumentParser(prog="fastgen", description=__doc__.splitlines()[0])
@@ -67,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"fastgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_export(sub)
+    _add_export(sub, command)
     for name, (modname, help_) in _RUNTIME_COMMANDS.items():
         try:
             mod = importlib.import_module(modname)
@@ -82,7 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(command)
+    except FastgenError as e:
+        print(f"fastgen {command}: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

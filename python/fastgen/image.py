@@ -16,16 +16,36 @@ except ImportError as e:  # pragma: no cover - pillow is a hard dependency
 _LANCZOS = Image.Resampling.LANCZOS
 
 
+MAX_INPUT_PIXELS = 4096 * 4096  # input images (init images, masks, captioning / SVD inputs)
+
+
 def load_image(image, *, what: str = "image") -> Image.Image:
-    """A PIL image from a path, a PIL image, or an HWC uint8 / float [0, 1] array."""
+    """A PIL image from a path, a PIL image, or an HWC uint8 / float [0, 1] array; at least 1x1 and at
+    most MAX_INPUT_PIXELS pixels."""
+    im = _to_pil(image, what)
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise InvalidArgumentError(f"{what} is {w}x{h}: an image needs at least one pixel")
+    if w * h > MAX_INPUT_PIXELS:
+        raise InvalidArgumentError(f"{what} is {w}x{h}: larger than the limit of {MAX_INPUT_PIXELS} pixels")
+    return im
+
+
+def _to_pil(image, what: str) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as im:
+                w, h = im.size
+                if w * h > MAX_INPUT_PIXELS:  # before decoding it
+                    raise InvalidArgumentError(f"{what}: {image} is {w}x{h}: larger than the limit of "
+                                               f"{MAX_INPUT_PIXELS} pixels")
                 im.load()
                 return im.copy()
+        except InvalidArgumentError:
+            raise
         except FileNotFoundError as e:
             raise InvalidArgumentError(f"{what}: file not found: {image}") from e
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise InvalidArgumentError(f"{what}: {image} is not a readable image: {e}") from e
     if isinstance(image, Image.Image):
         return image
@@ -37,6 +57,11 @@ def load_image(image, *, what: str = "image") -> Image.Image:
             a = a[:, :, None]
         if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
             raise InvalidArgumentError(f"{what}: array must be HWC with 1, 3 or 4 channels, got shape {image.shape}")
+        if a.shape[0] < 1 or a.shape[1] < 1:
+            raise InvalidArgumentError(f"{what}: array of shape {image.shape} has no pixels")
+        if a.shape[0] * a.shape[1] > MAX_INPUT_PIXELS:
+            raise InvalidArgumentError(f"{what}: array of shape {image.shape} is larger than the limit of "
+                                       f"{MAX_INPUT_PIXELS} pixels")
         if a.dtype == np.uint8:
             u8 = a
         elif np.issubdtype(a.dtype, np.floating):
@@ -45,10 +70,19 @@ def load_image(image, *, what: str = "image") -> Image.Image:
             u8 = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
         else:
             raise InvalidArgumentError(f"{what}: array dtype must be uint8 or float, got {a.dtype}")
+        u8 = np.ascontiguousarray(u8)
         if u8.shape[2] == 1:
             return Image.fromarray(u8[:, :, 0], "L")
         return Image.fromarray(u8, "RGB" if u8.shape[2] == 3 else "RGBA")
     raise InvalidArgumentError(f"{what} must be a path, a PIL image or a numpy array, got {type(image).__name__}")
+
+
+def load_images(name: str, images) -> tuple:
+    """One image or a non-empty list / tuple of images -> a tuple of PIL images (loaded and checked)."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise InvalidArgumentError(f"{name} is an empty list: pass an image or a non-empty list of images")
+    return tuple(load_image(im, what=name if len(items) == 1 else f"{name}[{i}]") for i, im in enumerate(items))
 
 
 def default_size(image: Image.Image, multiple: int) -> tuple[int, int]:

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ._args import check_float
 from .errors import InvalidArgumentError, UnsupportedError
 
-__all__ = ["export_video", "VIDEO_SUFFIXES"]
+__all__ = ["export_video", "check_writer", "VIDEO_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -57,18 +58,43 @@ def _frames(frames: Any) -> Iterable[np.ndarray]:
     return iter(frames)
 
 
+def _mp4_backend() -> str:
+    """'av' or 'imageio_ffmpeg', whichever is installed; UnsupportedError when neither is."""
+    for name in ("av", "imageio_ffmpeg"):
+        try:
+            __import__(name)
+            return name
+        except ImportError:
+            pass
+    raise UnsupportedError('writing MP4 needs PyAV or imageio-ffmpeg: pip install "fastgen[video]"')
+
+
+def check_writer(path: str | os.PathLike) -> str:
+    """Check, before any frame is made, that ``path`` can be written as a video: a known suffix, a
+    writer installed for it, and a folder that exists or can be made. Returns the path as a str."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise InvalidArgumentError(f"unknown video suffix {suffix!r} in {path!r}; use one of {', '.join(VIDEO_SUFFIXES)}")
+    if suffix == ".mp4":
+        _mp4_backend()
+    ensure_parent(path)
+    return path
+
+
+def ensure_parent(path: str) -> None:
+    """Make the folder of an output file, or say why it cannot be made."""
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot write {path!r}: its folder {d!r} cannot be created ({e.strerror})") from None
+    if not os.access(d, os.W_OK):
+        raise InvalidArgumentError(f"cannot write {path!r}: its folder {d!r} is not writable")
+
+
 def _mp4_writer(path: str, fps: float):
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        av = None
-    if av is not None:
-        return _PyAVWriter(path, fps)
-    try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        raise UnsupportedError('writing MP4 needs PyAV or imageio-ffmpeg: pip install "fastgen[video]"') from None
-    return _ImageioWriter(path, fps)
+    return _PyAVWriter(path, fps) if _mp4_backend() == "av" else _ImageioWriter(path, fps)
 
 
 class _PyAVWriter:
@@ -215,19 +241,10 @@ def export_video(frames: Any, path: str | os.PathLike, fps: float = 8) -> str:
     An iterator is consumed frame by frame and each frame is written to the file as it arrives (MP4 and
     GIF alike), so memory does not grow with the number of frames. All frames must have the first's size.
     """
-    path = os.fspath(path)
+    path = check_writer(path)  # before the first frame: an iterator denoises on its first next()
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in VIDEO_SUFFIXES:
-        raise InvalidArgumentError(f"unknown video suffix {suffix!r} in {path!r}; use one of {', '.join(VIDEO_SUFFIXES)}")
-    try:
-        fps = float(fps)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"fps must be a number, got {fps!r}") from None
-    if not 0 < fps <= 1000:
-        raise InvalidArgumentError(f"fps must be in (0, 1000], got {fps}")
+    fps = check_float("fps", fps, 0.0, 1000.0, open_lo=True)
     it = _frames(frames)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
     first = next(it, None)
     if first is None:
         raise InvalidArgumentError("no frames to write")

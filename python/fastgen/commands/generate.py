@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -41,26 +42,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # --- end video ---
 
 
-def _progress(total: int, enabled: bool):
+def _progress_enabled(args: argparse.Namespace) -> bool:
+    return not args.no_progress and (sys.stderr.isatty() or os.environ.get("FASTGEN_PROGRESS") == "1")
+
+
+def _bar(total: int, enabled: bool, desc: str = "denoising", unit: str = "step"):
     if not enabled:
-        return None, lambda: None
+        return None
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
-        return None, lambda: None
-    bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False)
+        return None
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+
+
+def _step_callback(bar):
+    if bar is None:
+        return None
 
     def cb(i, t, latents):
         bar.update(1)
         return True
 
-    return cb, bar.close
+    return cb
+
+
+def _png_info(info: dict):
+    from PIL import PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    for k, v in info.items():
+        meta.add_text(f"fastgen:{k}" if k != "prompt" else "prompt", str(v))
+    return meta
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import PngImagePlugin
-
     from ..pipelines import Pipeline
+    from ..video_io import ensure_parent
 
     if len(args.args) == 1:
         engine, prompt = "demo", args.args[0]
@@ -72,42 +90,36 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--mask needs --image")
     t0 = time.perf_counter()
     pipe = Pipeline.load(engine, backend=args.backend, device=args.device)
-    # --- video engines (issue 9): text2video / img2video kinds go to _run_video; images below are untouched ---
-    if getattr(pipe, "kind", "") in ("text2video", "img2video"):
+    if pipe.kind == "captioning":
+        raise InvalidArgumentError(f"{engine} is a captioning engine: use `fastgen caption`")
+    if pipe.kind in ("text2video", "img2video"):
         return _run_video(args, pipe, prompt, t0)
-    # --- end video ---
-    steps = args.steps if args.steps is not None else getattr(pipe, "default_steps", 50)
-    if args.strength is not None and args.image:
-        steps_run = max(1, min(int(steps * args.strength), steps))
-    else:
-        steps_run = steps
-    cb, close = _progress(steps_run, not args.no_progress and sys.stderr.isatty() or os.environ.get("FASTGEN_PROGRESS") == "1")
-    kw = dict(negative_prompt=args.negative, num_inference_steps=args.steps, guidance_scale=args.guidance,
-              height=args.height, width=args.width, num_images_per_prompt=args.num_images, seed=args.seed,
-              scheduler=args.scheduler, callback=cb)
-    try:
-        if args.mask:
-            out = pipe.inpaint(prompt, image=args.image, mask_image=args.mask,
-                               strength=1.0 if args.strength is None else args.strength, **kw)
-        elif args.image:
-            out = pipe.img2img(prompt, image=args.image, strength=0.8 if args.strength is None else args.strength, **kw)
-        else:
-            out = pipe(prompt, **kw)
-    finally:
-        close()
-    meta = PngImagePlugin.PngInfo()
-    info = {"prompt": prompt, "negative_prompt": args.negative or "", "seed": out.seed,
-            "steps": steps, "guidance_scale": args.guidance if args.guidance is not None else pipe.default_guidance,
-            "scheduler": args.scheduler or pipe.scheduler_config.get("_class_name", ""),
-            "engine": os.path.basename(pipe.engine_dir), "generator": "fastgen"}
-    for k, v in info.items():
-        meta.add_text(f"fastgen:{k}" if k != "prompt" else "prompt", str(v))
+    # the same request the API builds: every argument checked before any work
+    req = pipe.validate(prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
+                        guidance_scale=args.guidance, height=args.height, width=args.width,
+                        num_images_per_prompt=args.num_images, seed=args.seed, scheduler=args.scheduler,
+                        image=args.image, mask_image=args.mask, strength=args.strength)
     root, ext = os.path.splitext(args.output)
-    paths = [args.output] if len(out.images) == 1 else [f"{root}-{i}{ext or '.png'}" for i in range(len(out.images))]
+    n = req.batch
+    paths = [args.output] if n == 1 else [f"{root}-{i}{ext or '.png'}" for i in range(n)]
+    for path in paths:
+        ensure_parent(path)
+    steps_run = pipe.denoising_steps(req)
+    bar = _bar(steps_run, _progress_enabled(args))
+    try:
+        out = pipe.run(dataclasses.replace(req, callback=_step_callback(bar)))
+    finally:
+        if bar is not None:
+            bar.close()
+    meta = _png_info({"prompt": prompt, "negative_prompt": args.negative or "", "seed": out.seed,
+                      "steps": req.num_inference_steps, "guidance_scale": req.guidance_scale,
+                      "scheduler": args.scheduler or pipe.scheduler_config.get("_class_name", ""),
+                      "engine": os.path.basename(pipe.engine_dir), "generator": "fastgen"})
     for im, path in zip(out.images, paths):
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        im.save(path, pnginfo=meta)
+        try:
+            im.save(path, pnginfo=meta)
+        except OSError as e:
+            raise InvalidArgumentError(f"cannot write {path!r}: {e.strerror or e}") from None
     total = time.perf_counter() - t0
     for path in paths:
         print(path)
@@ -116,65 +128,54 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- video engines (issue 9) ---------------------------------------------------------------------
-
-
 def _run_video(args: argparse.Namespace, pipe, prompt: str, t0: float) -> int:
     """Stream the frames of one video to an MP4 / GIF (suffix of -o; the default out.png becomes out.mp4)."""
-    from ..video_io import VIDEO_SUFFIXES, export_video
+    from ..video_io import check_writer, export_video
 
-    output = "out.mp4" if args.output == "out.png" else args.output
-    if os.path.splitext(output)[1].lower() not in VIDEO_SUFFIXES:
-        raise InvalidArgumentError(f"video output must end in {' or '.join(VIDEO_SUFFIXES)}, got {output!r}")
+    output = check_writer("out.mp4" if args.output == "out.png" else args.output)  # before any denoising
     if pipe.kind == "img2video":  # Stable Video Diffusion: the PROMPT argument is unused, --image is the input
         if not args.image:
             raise InvalidArgumentError("image-to-video engines need --image")
-        seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        cb, close = _progress(args.steps or pipe.default_steps, not args.no_progress and sys.stderr.isatty()
-                              or os.environ.get("FASTGEN_PROGRESS") == "1")
+        req = pipe.validate(args.image, num_frames=args.num_frames, num_inference_steps=args.steps,
+                            height=args.height, width=args.width, seed=args.seed,
+                            decode_chunk_size=args.decode_chunk_size)
+        bar = _bar(req.num_inference_steps, _progress_enabled(args))
         try:
-            out = pipe(args.image, num_frames=args.num_frames, num_inference_steps=args.steps, height=args.height,
-                       width=args.width, seed=seed, decode_chunk_size=args.decode_chunk_size, callback=cb)
+            out = pipe.run(dataclasses.replace(req, callback=_step_callback(bar)))
         finally:
-            close()
+            if bar is not None:
+                bar.close()
         export_video(out.frames[0], output, fps=args.fps)
         print(output)
-        print(f"seed {seed}, {out.frames.shape[1]} frames, {time.perf_counter() - t0:.2f}s total", file=sys.stderr)
+        print(f"seed {req.seed}, {out.frames.shape[1]} frames, {time.perf_counter() - t0:.2f}s total",
+              file=sys.stderr)
         return 0
     if args.image or args.mask or args.strength is not None:
         raise InvalidArgumentError("--image / --mask / --strength do not apply to text-to-video engines")
     if args.num_images != 1:
         raise InvalidArgumentError("video engines write one video per call (-n 1)")
-    frames = 16 if args.num_frames is None else args.num_frames
-    steps = args.steps if args.steps is not None else pipe.default_steps
-    windows = pipe.num_windows(frames, args.context_length, args.context_stride)
-    if args.long_video == "fifo":  # one clip of `steps` frames, then one queue pass per frame
-        ctx = min(steps, args.context_length or pipe.motion_max_seq_length)
-        part = -(-steps // ctx)
+    kw = dict(num_frames=16 if args.num_frames is None else args.num_frames, num_inference_steps=args.steps,
+              guidance_scale=args.guidance, height=args.height, width=args.width, seed=args.seed,
+              context_length=args.context_length, context_stride=args.context_stride,
+              decode_chunk_size=args.decode_chunk_size, negative_prompt=args.negative, scheduler=args.scheduler,
+              long_video=args.long_video)
+    req = pipe.validate(prompt, **kw)  # checked before the progress bar and the writer start
+    frames, steps = req.num_frames, req.num_inference_steps
+    windows = pipe.num_windows(frames, req.context_length, req.context_stride)
+    if req.long_video == "fifo":  # one clip of `steps` frames, then one queue pass per frame
+        part = -(-steps // min(steps, req.context_length))
         windows = 1
-        steps = steps * pipe.num_windows(steps, args.context_length, args.context_stride) + frames * part
-    enabled = not args.no_progress and sys.stderr.isatty() or os.environ.get("FASTGEN_PROGRESS") == "1"
-    bar = None
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps * windows, desc=f"denoising ({windows} window{'s' * (windows > 1)})",
-                       unit="window", file=sys.stderr, leave=False)
-        except ImportError:  # pragma: no cover
-            bar = None
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-    it = pipe.iter_frames(prompt, num_frames=frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                          height=args.height, width=args.width, seed=seed, context_length=args.context_length,
-                          context_stride=args.context_stride, decode_chunk_size=args.decode_chunk_size,
-                          negative_prompt=args.negative, scheduler=args.scheduler, long_video=args.long_video,
-                          window_callback=(lambda start, t: bar.update(1)) if bar is not None else None)
+        steps = steps * pipe.num_windows(steps, req.context_length, req.context_stride) + frames * part
+    bar = _bar(steps * windows, _progress_enabled(args), f"denoising ({windows} window{'s' * (windows > 1)})",
+               "window")
+    kw["seed"] = req.seed
+    it = pipe.iter_frames(prompt, **kw, window_callback=(lambda start, t: bar.update(1)) if bar is not None else None)
     try:
         export_video(it, output, fps=args.fps)
     finally:
         if bar is not None:
             bar.close()
     print(output)
-    print(f"seed {seed}, {frames} frames, {steps} steps x {windows} windows, "
+    print(f"seed {req.seed}, {frames} frames, {steps} steps x {windows} windows, "
           f"{time.perf_counter() - t0:.2f}s total", file=sys.stderr)
     return 0

@@ -1,30 +1,58 @@
-"""Pipeline.load and what every task pipeline shares: lazy, cached, thread-safe sessions."""
+"""The pipeline protocol and what every task pipeline holds: the engine's components.
+
+Every task pipeline turns its call's arguments into a typed, validated request object
+(``pipe.validate(*args, **kwargs)``: unknown keywords, types and ranges are checked there and
+nowhere else) and runs it (``pipe.run(request)``); ``pipe(...)`` is the two in one. The CLI and the
+server build requests with the same ``validate``.
+
+Sessions: ``Components`` opens each component lazily and is shared by the pipelines that load the
+same engine files with the same backend settings. The cache holds it weakly, so its sessions are
+freed once no pipeline holds it (``pipe.close()``, ``with Pipeline.load(...) as pipe``, or garbage
+collection); a re-exported engine (new fastgen.json) gets new sessions.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import threading
-from dataclasses import dataclass, field
+import weakref
+from abc import ABC, abstractmethod
 from typing import Any
 
+from .._args import check_keywords
 from ..backends import BACKENDS, open_session
 from ..backends.base import Session
-from ..errors import InvalidArgumentError, ManifestError
-from ..manifest import Manifest, load_manifest
+from ..errors import FastgenError, InvalidArgumentError, ManifestError
+from ..manifest import MANIFEST_NAME, Manifest, load_manifest
 
-# Sessions are shared between Pipeline objects loading the same engine with the same backend
-# settings, so a second Pipeline.load of a directory is cheap. Keyed by the manifest's identity.
-_SESSION_CACHE: dict[tuple, dict[str, Session]] = {}
-_CACHE_LOCK = threading.Lock()
+DEVICES = ("cpu", "cuda")
+
+# engine kind -> (module, class); imported on first use, so loading an image engine never imports video code
+PIPELINE_CLASSES = {
+    "text2img": ("fastgen.pipelines.image", "pipeline_class"),
+    "inpaint": ("fastgen.pipelines.image", "pipeline_class"),
+    "text2video": ("fastgen.pipelines.video", "pipeline_class"),
+    "img2video": ("fastgen.pipelines.svd", "pipeline_class"),
+    "captioning": ("fastgen.pipelines.caption", "pipeline_class"),
+}
 
 
 def _demo_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "demo")
 
 
-def resolve_engine_dir(engine_dir: str | os.PathLike) -> str:
+def resolve_engine_dir(engine_dir: Any) -> str:
     """'demo' names the engine shipped inside the package; anything else is a directory path."""
+    if not isinstance(engine_dir, (str, os.PathLike)) or isinstance(engine_dir, bytes):
+        raise InvalidArgumentError(f"engine_dir must be a path (str or os.PathLike) or 'demo', "
+                                   f"got {type(engine_dir).__name__}")
     path = os.fspath(engine_dir)
+    if not isinstance(path, str):  # a PathLike returning bytes
+        raise InvalidArgumentError(f"engine_dir must be a str path, got {type(path).__name__}")
+    if not path or "\x00" in path:
+        raise InvalidArgumentError(f"engine_dir {path!r} is not a valid path")
     if path == "demo" and not os.path.isdir(path):
         demo = _demo_dir()
         if not os.path.isdir(demo):
@@ -33,54 +61,15 @@ def resolve_engine_dir(engine_dir: str | os.PathLike) -> str:
     return path
 
 
-@dataclass
-class PipelineOutput:
-    """What a generation returns: ``images`` (PIL list, NHWC float array or latents)."""
+class Components:
+    """The engine's sessions (opened lazily, thread-safe) and manifest, shared by pipelines."""
 
-    images: Any
-    seed: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-class Pipeline:
-    """Base of every task pipeline. Use ``Pipeline.load(engine_dir)``."""
-
-    kind: str = ""
-
-    @staticmethod
-    def load(engine_dir: str | os.PathLike, backend: str = "onnxruntime", device: str = "cpu", providers=None,
-             session_options=None) -> "Pipeline":
-        """Open an engine directory and return the pipeline its manifest asks for.
-
-        Components load lazily on first use and are shared with other pipelines of the same engine.
-        """
-        if backend not in BACKENDS:
-            raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if device not in ("cpu", "cuda"):
-            raise InvalidArgumentError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        manifest = load_manifest(resolve_engine_dir(engine_dir))
-        cls = _pipeline_class(manifest)
-        return cls(manifest, backend=backend, device=device, providers=providers, session_options=session_options)
-
-    def __init__(self, manifest: Manifest, *, backend: str = "onnxruntime", device: str = "cpu", providers=None,
-                 session_options=None):
+    def __init__(self, manifest: Manifest, backend: str, device: str, providers, session_options):
         self.manifest = manifest
-        self.backend = backend
-        self.device = device
-        self._providers = providers
-        self._session_options = session_options
-        if session_options is None:
-            mtime = os.stat(os.path.join(manifest.root, "fastgen.json")).st_mtime_ns
-            key = (manifest.root, mtime, backend, device, tuple(map(str, providers or ())))
-            with _CACHE_LOCK:
-                self._sessions = _SESSION_CACHE.setdefault(key, {})
-        else:
-            self._sessions = {}
+        self.backend, self.device = backend, device
+        self._providers, self._session_options = providers, session_options
+        self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
-
-    @property
-    def engine_dir(self) -> str:
-        return self.manifest.root
 
     def session(self, name: str) -> Session:
         s = self._sessions.get(name)
@@ -94,26 +83,134 @@ class Pipeline:
                 self._sessions[name] = s
         return s
 
+    def loaded(self) -> list[str]:
+        return list(self._sessions)
+
+
+# (engine identity, backend settings) -> Components, held weakly: freed when no pipeline holds it
+_COMPONENTS: "weakref.WeakValueDictionary[tuple, Components]" = weakref.WeakValueDictionary()
+_COMPONENTS_LOCK = threading.Lock()
+
+
+def _engine_identity(root: str) -> tuple:
+    st = os.stat(os.path.join(root, MANIFEST_NAME))
+    return (root, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def shared_components(manifest: Manifest, backend: str, device: str, providers, session_options) -> Components:
+    if session_options is not None:  # options objects are not comparable: never shared
+        return Components(manifest, backend, device, providers, session_options)
+    key = (_engine_identity(manifest.root), backend, device, tuple(map(str, providers or ())))
+    with _COMPONENTS_LOCK:
+        c = _COMPONENTS.get(key)
+        if c is None:
+            c = Components(manifest, backend, device, providers, None)
+            _COMPONENTS[key] = c
+        return c
+
+
+def cached_engines() -> int:
+    """How many engines have live shared sessions (for tests and diagnostics)."""
+    with _COMPONENTS_LOCK:
+        return len(_COMPONENTS)
+
+
+class Pipeline(ABC):
+    """Base of every task pipeline. Use ``Pipeline.load(engine_dir)``."""
+
+    kind: str = ""
+
+    @staticmethod
+    def load(engine_dir: str | os.PathLike, backend: str = "onnxruntime", device: str = "cpu", providers=None,
+             session_options=None) -> "Pipeline":
+        """Open an engine directory and return the pipeline its manifest asks for.
+
+        Components load lazily on first use and are shared with other pipelines of the same engine.
+        """
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if not isinstance(device, str) or device not in DEVICES:
+            raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        if providers is not None and (not isinstance(providers, (list, tuple))
+                                      or not all(isinstance(p, (str, tuple)) for p in providers)):
+            raise InvalidArgumentError("providers must be a list of ONNX Runtime provider names (or (name, options))")
+        manifest = load_manifest(resolve_engine_dir(engine_dir))
+        cls = pipeline_class(manifest)
+        return cls(shared_components(manifest, backend, device, providers, session_options))
+
+    def __init__(self, components: Components):
+        if not isinstance(components, Components):
+            raise InvalidArgumentError("pipelines are made by fastgen.Pipeline.load(engine_dir)")
+        self._components: Components | None = components
+        self.manifest = components.manifest
+        self.backend, self.device = components.backend, components.device
+
+    # ---------------------------------------------------------------- the protocol
+    @abstractmethod
+    def validate(self, *args, **kwargs) -> Any:
+        """The call's arguments -> a validated request object (raises InvalidArgumentError)."""
+
+    @abstractmethod
+    def run(self, request: Any) -> Any:
+        """Run a request made by ``validate``."""
+
+    def refuse_unknown(self, given: dict, accepted=()) -> None:
+        """Refuse the keywords in ``given`` (a validate's ``**kwargs``) that are not in ``accepted``,
+        naming the closest valid keyword of this pipeline."""
+        unknown = {k: v for k, v in given.items() if k not in accepted}
+        if unknown:
+            params = inspect.signature(self.validate).parameters.values()
+            valid = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD} | set(accepted)
+            check_keywords(f"{type(self).__name__}", unknown, valid)
+
+    def __call__(self, *args, **kwargs):
+        try:
+            request = self.validate(*args, **kwargs)
+        except TypeError as e:  # Python's own complaint about the call's shape (too many positionals, ...)
+            try:
+                inspect.signature(self.validate).bind(*args, **kwargs)
+            except TypeError:
+                raise InvalidArgumentError(f"{type(self).__name__}(): {e}") from None
+            raise
+        return self.run(request)
+
+    # ---------------------------------------------------------------- components
+    @property
+    def engine_dir(self) -> str:
+        return self.manifest.root
+
+    @property
+    def components(self) -> Components:
+        c = self._components
+        if c is None:
+            raise FastgenError(f"this pipeline ({self.manifest.root}) is closed")
+        return c
+
+    def session(self, name: str) -> Session:
+        return self.components.session(name)
+
+    def close(self) -> None:
+        """Release this pipeline's hold on the engine's sessions (freed when no other pipeline holds them)."""
+        self._components = None
+
+    @property
+    def closed(self) -> bool:
+        return self._components is None
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def __repr__(self) -> str:
-        return f"<fastgen {type(self).__name__} {self.manifest.root} ({self.backend}, {self.device})>"
+        state = " closed" if self.closed else ""
+        return f"<fastgen {type(self).__name__} {self.manifest.root} ({self.backend}, {self.device}){state}>"
 
 
-def _pipeline_class(manifest: Manifest):
-    kind, family = manifest.kind, manifest.family
-    if kind in ("text2img", "inpaint"):
-        from .diffusion import pipeline_for_family
-
-        return pipeline_for_family(family)
-    if kind == "captioning":
-        try:
-            from .caption import CaptioningPipeline
-        except ImportError as e:
-            raise ManifestError(f"captioning engines are not supported by this build: {e}") from e
-        return CaptioningPipeline
-    if kind in ("text2video", "img2video"):
-        try:
-            from .video import pipeline_for_video
-        except ImportError as e:
-            raise ManifestError(f"video engines are not supported by this build: {e}") from e
-        return pipeline_for_video(manifest)
-    raise ManifestError(f"no pipeline for engine kind {kind!r}")
+def pipeline_class(manifest: Manifest) -> type[Pipeline]:
+    try:
+        modname, attr = PIPELINE_CLASSES[manifest.kind]
+    except KeyError:
+        raise ManifestError(f"no pipeline for engine kind {manifest.kind!r}") from None
+    return getattr(importlib.import_module(modname), attr)(manifest)

@@ -12,29 +12,25 @@ token ids equal transformers' ``generate(do_sample=False)``.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .. import _core
+from .. import image as imgproc
+from .._args import check_float, check_int, check_prompts
 from ..errors import InvalidArgumentError, ManifestError, ModelLoadError, UnsupportedError
-from .._args import check_float, check_int
-from ..image import load_image
-from .base import Pipeline
+from ..outputs import CaptionOutput, Timer
+from ..requests import CaptionRequest
+from .base import Components, Pipeline
+
+__all__ = ["CaptioningPipeline", "CaptionOutput", "pipeline_class"]
 
 MAX_IMAGES_PER_CALL = 256
 
 
-@dataclass
-class CaptionOutput:
-    """``texts[i]`` / ``token_ids[i]``: for image i // num_return_sequences, candidate i % num_return_sequences."""
-
-    texts: list[str]
-    token_ids: list[list[int]]
-    scores: list[float] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+def pipeline_class(manifest) -> type["CaptioningPipeline"]:
+    return CaptioningPipeline
 
 
 class CaptioningPipeline(Pipeline):
@@ -42,8 +38,9 @@ class CaptioningPipeline(Pipeline):
 
     kind = "captioning"
 
-    def __init__(self, manifest, **kw):
-        super().__init__(manifest, **kw)
+    def __init__(self, components: Components):
+        super().__init__(components)
+        manifest = self.manifest
         c = manifest.config
         try:
             self._pre = dict(c["preprocess"])
@@ -96,14 +93,13 @@ class CaptioningPipeline(Pipeline):
             self._tok = tok
         return self._tok
 
-    def preprocess(self, images: list) -> np.ndarray:
+    def preprocess(self, images) -> np.ndarray:
         """pixel_values [n, 3, H, W] float32, equal to the model's (PIL backend) image processor."""
         from PIL import Image
 
         p = self._pre
         out = []
-        for i, im in enumerate(images):
-            im = load_image(im, what=f"images[{i}]")
+        for im in imgproc.load_images("images", images):
             if p.get("do_convert_rgb", True) or im.mode not in ("RGB",):
                 im = im.convert("RGB")
             if p.get("do_resize", True) and im.size != (self._w, self._h):
@@ -121,14 +117,9 @@ class CaptioningPipeline(Pipeline):
                                        f"(do_resize false): {sorted({a.shape[1:] for a in out})}")
         return np.stack(out)
 
-    def _prompt_ids(self, prompt: Any, n: int) -> np.ndarray:
-        if prompt is None:
+    def _prompt_ids(self, prompts: tuple[str, ...] | None, n: int) -> np.ndarray:
+        if prompts is None:
             return np.tile(np.asarray(self._start, dtype=np.int64), (n, 1))
-        if self._gen.get("prompt") != "bos_replaces_first_drop_last":
-            raise UnsupportedError(f"this {self.manifest.family} engine does not take a text prompt")
-        prompts = [prompt] * n if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)) or len(prompts) != n or not all(isinstance(p, str) for p in prompts):
-            raise InvalidArgumentError(f"prompt must be a string or a list of {n} strings (one per image)")
         rows = []
         for p in prompts:
             ids = list(self.tokenizer.encode(p).ids)
@@ -141,37 +132,50 @@ class CaptioningPipeline(Pipeline):
         return np.asarray(rows, dtype=np.int64)
 
     # ---------------------------------------------------------------- call
-    def __call__(self, images, prompt: Any = None, *, max_new_tokens: int = 20, num_beams: int = 1,
+    def validate(self, images=None, prompt: Any = None, *, max_new_tokens: int = 20, num_beams: int = 1,
                  length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, early_stopping: Any = False,
-                 num_return_sequences: int = 1, repetition_penalty: float = 1.0) -> CaptionOutput:
-        t0 = time.perf_counter()
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if len(images) == 0:
-            raise InvalidArgumentError("images is empty: pass at least one image")
-        if len(images) > MAX_IMAGES_PER_CALL:
+                 num_return_sequences: int = 1, repetition_penalty: float = 1.0, **unknown) -> CaptionRequest:
+        """Check a call's arguments and return the complete request (images loaded)."""
+        self.refuse_unknown(unknown)
+        if images is None:
+            raise InvalidArgumentError("images is required: an image or a non-empty list of images")
+        if isinstance(images, (list, tuple)) and len(images) > MAX_IMAGES_PER_CALL:
             raise InvalidArgumentError(f"at most {MAX_IMAGES_PER_CALL} images per call, got {len(images)}")
-        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, 4096)
+        pil = imgproc.load_images("images", images)
+        prompts = None
+        if prompt is not None:
+            if self._gen.get("prompt") != "bos_replaces_first_drop_last":
+                raise UnsupportedError(f"this {self.manifest.family} engine does not take a text prompt")
+            prompts = tuple(check_prompts("prompt", prompt, len(pil)))
         num_beams = check_int("num_beams", num_beams, 1, 64)
-        num_return_sequences = check_int("num_return_sequences", num_return_sequences, 1, num_beams)
-        no_repeat_ngram_size = check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0, 4096)
-        length_penalty = check_float("length_penalty", length_penalty)
-        repetition_penalty = check_float("repetition_penalty", repetition_penalty, 0.0, open_lo=True)
         if not (early_stopping is True or early_stopping is False or early_stopping == "never"):
             raise InvalidArgumentError(f'early_stopping must be True, False or "never", got {early_stopping!r}')
-        pixels = self.preprocess(list(images))
-        n = pixels.shape[0]
-        prompt_ids = self._prompt_ids(prompt, n)
-        t1 = time.perf_counter()
-        enc = self.session("vision_encoder").run({"pixel_values": pixels}, ["encoder_hidden_states"])
-        ehs = enc["encoder_hidden_states"].astype(np.float32, copy=False)
-        t2 = time.perf_counter()
-        if self._legacy:
-            fixed = {"encoder_hidden_states": np.repeat(ehs, num_beams, axis=0) if num_beams > 1 else ehs}
-        else:  # one set per image, fed unchanged to every step
-            fixed = self.session("cross_kv").run({"encoder_hidden_states": ehs}, self._cross_names)
-        del enc, ehs
-        t3 = time.perf_counter()
+        return CaptionRequest(
+            images=pil, prompts=prompts, max_new_tokens=check_int("max_new_tokens", max_new_tokens, 1, 4096),
+            num_beams=num_beams, length_penalty=check_float("length_penalty", length_penalty),
+            no_repeat_ngram_size=check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0, 4096),
+            early_stopping=early_stopping,
+            num_return_sequences=check_int("num_return_sequences", num_return_sequences, 1, num_beams),
+            repetition_penalty=check_float("repetition_penalty", repetition_penalty, 0.0, open_lo=True))
+
+    def run(self, req: CaptionRequest) -> CaptionOutput:
+        if not isinstance(req, CaptionRequest):
+            raise InvalidArgumentError(f"run() takes the CaptionRequest made by validate(), got {type(req).__name__}")
+        timer = Timer()
+        num_beams = req.num_beams
+        with timer.stage("preprocess"):
+            pixels = self.preprocess(req.images)
+            n = pixels.shape[0]
+            prompt_ids = self._prompt_ids(req.prompts, n)
+        with timer.stage("image_encode"):
+            enc = self.session("vision_encoder").run({"pixel_values": pixels}, ["encoder_hidden_states"])
+            ehs = enc["encoder_hidden_states"].astype(np.float32, copy=False)
+        with timer.stage("cross_kv"):
+            if self._legacy:
+                fixed = {"encoder_hidden_states": np.repeat(ehs, num_beams, axis=0) if num_beams > 1 else ehs}
+            else:  # one set per image, fed unchanged to every step
+                fixed = self.session("cross_kv").run({"encoder_hidden_states": ehs}, self._cross_names)
+            del enc, ehs
         dec = self.session("text_decoder")
         rows = n * num_beams
         state: dict[str, Any] = {
@@ -187,21 +191,19 @@ class CaptioningPipeline(Pipeline):
             state["past"] = [out[k] for k in self._present_names]
             return np.ascontiguousarray(out["logits"], dtype=np.float32)
 
-        seqs, scores, steps = _core.caption_search(
-            prompt_ids, step, max_new_tokens=max_new_tokens, num_beams=num_beams,
-            num_return_sequences=num_return_sequences, length_penalty=length_penalty, early_stopping=early_stopping,
-            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
-            eos_token_ids=self._eos, pad_token_id=self._pad)
-        state.clear()
-        fixed.clear()
-        t4 = time.perf_counter()
-        token_ids = [[int(t) for t in row] for row in seqs]
-        texts = self.decode(token_ids)
+        with timer.stage("text_decode"):
+            seqs, scores, steps = _core.caption_search(
+                prompt_ids, step, max_new_tokens=req.max_new_tokens, num_beams=num_beams,
+                num_return_sequences=req.num_return_sequences, length_penalty=req.length_penalty,
+                early_stopping=req.early_stopping, no_repeat_ngram_size=req.no_repeat_ngram_size,
+                repetition_penalty=req.repetition_penalty, eos_token_ids=self._eos, pad_token_id=self._pad)
+            state.clear()
+            fixed.clear()
+            token_ids = [[int(t) for t in row] for row in seqs]
+            texts = self.decode(token_ids)
+        timer.add("decoder_steps", steps)
         return CaptionOutput(texts=texts, token_ids=token_ids,
-                             scores=None if scores is None else [float(s) for s in scores],
-                             timings={"preprocess": t1 - t0, "vision_encoder": t2 - t1, "cross_kv": t3 - t2,
-                                      "decode": t4 - t3,
-                                      "decoder_steps": float(steps), "total": time.perf_counter() - t0})
+                             scores=None if scores is None else [float(s) for s in scores], timings=timer.finish())
 
     def decode(self, token_ids: list[list[int]]) -> list[str]:
         """Token ids -> text with special tokens skipped (like ``batch_decode(skip_special_tokens=True)``)."""

@@ -9,25 +9,24 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import os
 import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .. import image as imgproc
-from ..errors import CancelledError, ConfigError, FastgenError, InvalidArgumentError
+from .._args import MAX_PROMPT_CHARS
+from ..image import MAX_INPUT_PIXELS
+from ..errors import CancelledError, ConfigError, FastgenError, InvalidArgumentError, UnsupportedError
 from ..sampling import randn
 from .batching import Batcher, QueueFullError, ShuttingDownError, Work
 from .metrics import Metrics
 
-MAX_PROMPT_CHARS = 10_000
-MAX_INPUT_PIXELS = 4096 * 4096
 OPENAI_IGNORED = {"quality", "style", "user", "background", "moderation", "output_compression", "partial_images"}
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
@@ -84,15 +83,6 @@ def _int(name: str, v: Any, lo: int, hi: int) -> int:
     return v
 
 
-def _num(name: str, v: Any, lo: float, hi: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise bad(f"'{name}' must be a number, got {type(v).__name__}")
-    f = float(v)
-    if not (math.isfinite(f) and lo <= f <= hi):
-        raise bad(f"'{name}' must be a number in [{lo}, {hi}], got {v!r}")
-    return f
-
-
 def _str(name: str, v: Any, *, required: bool = False, max_len: int = MAX_PROMPT_CHARS) -> str | None:
     if v is None:
         if required:
@@ -113,6 +103,18 @@ def _bool(name: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise bad(f"'{name}' must be true or false, got {type(v).__name__}")
     return v
+
+
+def _or(v: Any, default: Any) -> Any:
+    return default if v is None else v
+
+
+def _validate(pipe, *args, **kwargs):
+    """The pipeline's own request validation; its argument errors are the client's (400)."""
+    try:
+        return pipe.validate(*args, **kwargs)
+    except (InvalidArgumentError, ConfigError, UnsupportedError) as e:
+        raise bad(str(e)) from None
 
 
 def decode_image(name: str, v: Any):
@@ -397,19 +399,6 @@ class Service:
             raise bad(f"'size' must look like '512x512' (width x height), got {s!r}")
         return int(m.group(1)), int(m.group(2))
 
-    def _check_size(self, pipe, w: int, h: int) -> None:
-        if self.sizes is not None and (w, h) not in self.sizes:
-            allowed = ", ".join(f"{a}x{b}" for a, b in sorted(self.sizes))
-            raise bad(f"size {w}x{h} is not allowed; allowed sizes: {allowed}")
-        f = max(getattr(pipe, "size_multiple", 8), getattr(pipe, "vae_scale_factor", 8))
-        lo, hi = getattr(pipe, "min_size", f), getattr(pipe, "max_size", 4096)
-        for name, v in (("width", w), ("height", h)):
-            if v % f or not lo <= v <= hi:
-                raise bad(f"size {w}x{h} is not allowed for this model: {name} must be a multiple of {f} "
-                          f"in [{lo}, {hi}]")
-        if w * h > getattr(pipe, "max_pixels", hi * hi):
-            raise bad(f"size {w}x{h} exceeds this model's pixel limit")
-
     def parse_generate(self, body: Any, *, openai: bool = False) -> tuple[Work, dict]:
         """A request body -> (Work, options {stream, async}). Raises ApiError (4xx)."""
         if not isinstance(body, dict):
@@ -434,82 +423,59 @@ class Service:
         of = body.get("output_format")
         if of is not None and of != "png":
             raise bad("'output_format' must be 'png'")
-        p: dict[str, Any] = {}
-        p["prompt"] = _str("prompt", body.get("prompt"), required=True)
-        p["negative_prompt"] = _str("negative_prompt", body.get("negative_prompt"))
-        p["n"] = _int("n", _get(body, "n", "num_images", "num_images_per_prompt", default=1), 1, self.max_images)
+        n = _int("n", _get(body, "n", "num_images", "num_images_per_prompt", default=1), 1, self.max_images)
         size = body.get("size")
+        height, width = body.get("height"), body.get("width")
         if size is not None:
-            if body.get("height") is not None or body.get("width") is not None:
+            if height is not None or width is not None:
                 raise bad("give either 'size' or 'height'/'width'")
-            w, h = self._parse_size(size)
-        else:
-            h = body.get("height")
-            w = body.get("width")
-            h = getattr(pipe, "default_height", 512) if h is None else _int("height", h, 1, 1 << 15)
-            w = getattr(pipe, "default_width", 512) if w is None else _int("width", w, 1, 1 << 15)
-        p["height"], p["width"] = h, w
+            width, height = self._parse_size(size)
         steps = _get(body, "steps", "num_inference_steps")
-        p["steps"] = getattr(pipe, "default_steps", 25) if steps is None else _int("steps", steps, 1, self.max_steps)
-        g = _get(body, "guidance", "guidance_scale")
-        p["guidance"] = float(getattr(pipe, "default_guidance", 7.5)) if g is None else _num("guidance", g, 0.0,
-                                                                                               100.0)
-        p["guidance_rescale"] = _num("guidance_rescale", body.get("guidance_rescale", 0.0) or 0.0, 0.0, 1.0)
-        p["eta"] = _num("eta", body.get("eta", 0.0) or 0.0, 0.0, 1.0)
-        seed = body.get("seed")
-        p["seed"] = (int.from_bytes(os.urandom(8), "little") >> 1) if seed is None else _int("seed", seed, 0,
-                                                                                              2**63 - 1)
-        sched = body.get("scheduler")
-        p["scheduler"] = _str("scheduler", sched, max_len=100)
-        p["strength"] = None if body.get("strength") is None else _num("strength", body["strength"], 0.0, 1.0)
+        if steps is not None:
+            steps = _int("steps", steps, 1, self.max_steps)
         image = body.get("image")
         mask = _get(body, "mask", "mask_image")
         if mask is not None and image is None:
             raise bad("'mask' needs 'image' (inpainting)")
-        p["image"] = None if image is None else decode_image("image", image)
-        p["mask"] = None if mask is None else decode_image("mask", mask)
-        if p["mask"] is not None and p["image"] is None:
-            raise bad("'mask' needs 'image' (inpainting)")
-        if p["strength"] is not None and p["image"] is None:
-            raise bad("'strength' only applies with 'image'")
-        if p["image"] is not None and size is None and body.get("height") is None:
-            h, w = imgproc.default_size(p["image"], max(getattr(pipe, "size_multiple", 8),
-                                                        getattr(pipe, "vae_scale_factor", 8)))
-            p["height"], p["width"] = h, w
-        self._check_size(pipe, p["width"], p["height"])
+        prompt = body.get("prompt")
+        if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+            raise bad("'prompt' is required and must not be empty")
+        if not isinstance(prompt, str):
+            raise bad(f"'prompt' must be a string, got {type(prompt).__name__}")
+        # every pipeline argument is checked by the pipeline's own validate: one set of rules
+        req = _validate(pipe, prompt, negative_prompt=body.get("negative_prompt"), num_images_per_prompt=n,
+                        height=height, width=width, num_inference_steps=steps,
+                        guidance_scale=_get(body, "guidance", "guidance_scale"),
+                        guidance_rescale=_or(body.get("guidance_rescale"), 0.0), eta=_or(body.get("eta"), 0.0),
+                        seed=body.get("seed"), scheduler=body.get("scheduler"),
+                        image=None if image is None else decode_image("image", image),
+                        mask_image=None if mask is None else decode_image("mask", mask),
+                        strength=body.get("strength"), output_type="np")
+        if self.sizes is not None and (req.width, req.height) not in self.sizes:
+            allowed = ", ".join(f"{a}x{b}" for a, b in sorted(self.sizes))
+            raise bad(f"size {req.width}x{req.height} is not allowed; allowed sizes: {allowed}")
         opts = {"stream": _bool("stream", body.get("stream")), "async": _bool("async", body.get("async"))}
-        p["preview"] = _bool("preview", body.get("preview"))
-        if p["preview"] and not opts["stream"]:
+        preview = _bool("preview", body.get("preview"))
+        if preview and not opts["stream"]:
             raise bad("'preview' needs 'stream': true (previews come with the progress events)")
         if opts["stream"] and opts["async"]:
             raise bad("give only one of 'stream' and 'async'")
-        mode = "inpaint" if p["mask"] is not None else "img2img" if p["image"] is not None else "text2img"
-        p["mode"] = mode
-        # the scheduler: validated now (a bad name is a 400), its step count reported in progress events
+        # the step count reported in progress events; stochastic samplers are never merged (per-row noise)
         try:
-            s = pipe.make_scheduler(p["scheduler"])
-            pipe.set_timesteps(s, p["steps"], p["height"], p["width"])
-            total = len(s.timesteps)
-            if mode != "text2img":
-                st = p["strength"] if p["strength"] is not None else (1.0 if mode == "inpaint" else 0.8)
-                if st <= 0:
-                    raise bad("'strength' must be > 0")
-                total -= pipe.first_step(p["steps"], st) * s.order
-            stochastic = s.is_stochastic(p["eta"])
+            total = pipe.denoising_steps(req)
+            stochastic = pipe.make_scheduler(req.scheduler).is_stochastic(req.eta)
         except (InvalidArgumentError, ConfigError) as e:
             raise bad(str(e)) from None
-        if total < 1:
-            raise bad("these steps and strength leave no denoising step")
-        p["total_steps"] = total
-        cfg = pipe.uses_cfg(p["guidance"]) if hasattr(pipe, "uses_cfg") else p["guidance"] > 1.0
+        p = {"request": req, "preview": preview, "total_steps": total, "n": n, "seed": req.seed, "mode": req.mode}
         key = None
-        if mode != "inpaint" and not stochastic and self.batching:
+        if req.mode != "inpaint" and not stochastic and self.batching:
             # one network call per batch: every setting that is not per-row must be equal (img2img: the
             # strength too; inpainting is never merged: given latents take another path than a seed there)
-            key = (mode, p["height"], p["width"], p["steps"], p["scheduler"], cfg,
-                   p["guidance"] if cfg else None, p["guidance_rescale"], p["eta"], p["negative_prompt"] is None,
-                   p["strength"] if mode == "img2img" else None)
-        return Work(engine=eng.name, key=key, params=p, size=p["n"]), opts
+            cfg = pipe.uses_cfg(req.guidance_scale)
+            key = (req.mode, req.height, req.width, req.num_inference_steps, str(req.scheduler), cfg,
+                   req.guidance_scale if cfg else None, req.guidance_rescale, req.eta, req.negative_prompts is None,
+                   req.strength if req.mode == "img2img" else None)
+        return Work(engine=eng.name, key=key, params=p, size=n), opts
 
     def parse_caption(self, body: Any) -> tuple[Work, dict]:
         if not isinstance(body, dict):
@@ -529,21 +495,22 @@ class Service:
             raise bad("'images' must be a non-empty list of base64 strings")
         if len(images) > self.max_images:
             raise bad(f"at most {self.max_images} images per request")
-        p = {"images": [decode_image(f"images[{i}]", s) for i, s in enumerate(images)],
-             "prompt": _str("prompt", body.get("prompt")),
-             "max_new_tokens": _int("max_new_tokens", body.get("max_new_tokens", 20), 1, 512),
-             "num_beams": _int("num_beams", body.get("num_beams", 1), 1, 16)}
-        p["num_return_sequences"] = _int("num_return_sequences", body.get("num_return_sequences", 1), 1,
-                                         p["num_beams"])
-        p["length_penalty"] = _num("length_penalty", body.get("length_penalty", 1.0), -100, 100)
-        p["repetition_penalty"] = _num("repetition_penalty", body.get("repetition_penalty", 1.0), 1e-6, 100)
-        p["no_repeat_ngram_size"] = _int("no_repeat_ngram_size", body.get("no_repeat_ngram_size", 0), 0, 64)
+        pil = [decode_image(f"images[{i}]", s) for i, s in enumerate(images)]
+        # server policy caps, then the pipeline's own validation
+        max_new = _int("max_new_tokens", _or(body.get("max_new_tokens"), 20), 1, 512)
+        beams = _int("num_beams", _or(body.get("num_beams"), 1), 1, 16)
+        req = _validate(eng.pipe, pil, body.get("prompt"), max_new_tokens=max_new, num_beams=beams,
+                        num_return_sequences=_or(body.get("num_return_sequences"), 1),
+                        length_penalty=_or(body.get("length_penalty"), 1.0),
+                        repetition_penalty=_or(body.get("repetition_penalty"), 1.0),
+                        no_repeat_ngram_size=_or(body.get("no_repeat_ngram_size"), 0))
+        p = {"request": req}
         opts = {"stream": False, "async": _bool("async", body.get("async"))}
         key = None
-        if p["prompt"] is None and self.batching:
-            key = ("caption", p["max_new_tokens"], p["num_beams"], p["num_return_sequences"], p["length_penalty"],
-                   p["repetition_penalty"], p["no_repeat_ngram_size"])
-        return Work(engine=eng.name, key=key, params=p, size=len(p["images"])), opts
+        if req.prompts is None and self.batching:
+            key = ("caption", req.max_new_tokens, req.num_beams, req.num_return_sequences, req.length_penalty,
+                   req.repetition_penalty, req.no_repeat_ngram_size, str(req.early_stopping))
+        return Work(engine=eng.name, key=key, params=p, size=len(req.images)), opts
 
     def parse_video(self, body: Any) -> tuple[Work, dict]:
         if not isinstance(body, dict):
@@ -571,16 +538,16 @@ class Service:
             args["num_inference_steps"] = _int("steps", args["num_inference_steps"], 1, self.max_steps)
         if "num_frames" in args:
             args["num_frames"] = _int("num_frames", args["num_frames"], 1, 1024)
-        seed = args.pop("seed", None)
-        seed = (int.from_bytes(os.urandom(8), "little") >> 1) if seed is None else _int("seed", seed, 0, 2**63 - 1)
         if from_image:
-            p = {"mode": "video", "image": decode_image("image", args.pop("image", None)), "seed": seed, "args": args}
+            if args.get("image") is None:
+                raise bad("'image' is required (image-to-video engines take an image, no prompt)")
+            first = decode_image("image", args.pop("image"))
         else:
-            p = {"mode": "video", "prompt": _str("prompt", args.pop("prompt", None), required=True), "seed": seed,
-                 "args": args}
-        for k, v in args.items():
-            if not isinstance(v, (int, float, str, bool)) or isinstance(v, float) and not math.isfinite(v):
-                raise bad(f"'{k}' must be a number, string or boolean")
+            first = args.pop("prompt", None)
+            if not isinstance(first, str) or not first.strip():
+                raise bad("'prompt' is required and must be a non-empty string")
+        req = _validate(eng.pipe, first, output_type="np", **args)
+        p = {"mode": "video", "request": req, "seed": req.seed}
         return Work(engine=eng.name, key=None, params=p), {"stream": False, "async": True}
 
     # ------------------------------------------------------------------ submitting
@@ -655,34 +622,27 @@ class Service:
     def _execute_image(self, eng: Engine, works: list[Work]) -> list:
         pipe = eng.pipe
         p0 = works[0].params
+        req = p0["request"]
         rows, r0 = [], 0
         for w in works:
             rows.append((r0, w.params["n"]))
             r0 += w.params["n"]
-        kw = dict(num_inference_steps=p0["steps"], guidance_scale=p0["guidance"], height=p0["height"],
-                  width=p0["width"], scheduler=p0["scheduler"], guidance_rescale=p0["guidance_rescale"], eta=p0["eta"],
-                  output_type="np", callback=self._callback(works, p0["total_steps"], rows))
+        cb = self._callback(works, p0["total_steps"], rows)
         if len(works) == 1:
-            kw.update(num_images_per_prompt=p0["n"], seed=p0["seed"], negative_prompt=p0["negative_prompt"])
-            if p0["image"] is not None:
-                kw.update(image=p0["image"], strength=p0["strength"])
-            if p0["mask"] is not None:
-                kw["mask_image"] = p0["mask"]
-            prompt: Any = p0["prompt"]
+            req = replace(req, callback=cb)
         else:
-            # one batched call: per-request rows, each request's noise from its own seed (as a lone request)
-            prompt = [w.params["prompt"] for w in works for _ in range(w.params["n"])]
-            negs = None
-            if p0["negative_prompt"] is not None:
-                negs = [w.params["negative_prompt"] for w in works for _ in range(w.params["n"])]
-            f = pipe.vae_scale_factor
-            shape = (pipe.latent_channels, p0["height"] // f, p0["width"] // f)
-            latents = np.concatenate([randn((w.params["n"],) + shape, w.params["seed"]) for w in works])
-            kw.update(num_images_per_prompt=1, seed=p0["seed"], negative_prompt=negs, latents=latents)
-            if p0["mode"] == "img2img":  # one init image per row
-                kw.update(image=[w.params["image"] for w in works for _ in range(w.params["n"])],
-                          strength=p0["strength"])
-        out = pipe(prompt, **kw)
+            # one batched call: per-request rows, each request's noise from its own seed (as a lone request);
+            # the works share every setting in their batch key, so the merged request stays valid
+            reqs = [w.params["request"] for w in works]
+            lh, lw = req.height // pipe.vae_scale_factor, req.width // pipe.vae_scale_factor
+            latents = np.concatenate([randn((r.batch, pipe.latent_channels, lh, lw), r.seed) for r in reqs])
+            negs = None if req.negative_prompts is None else tuple(
+                ng for r in reqs for ng in r.negative_prompts for _ in range(r.num_images_per_prompt))
+            req = replace(req, prompts=tuple(pr for r in reqs for pr in r.prompts for _ in range(r.num_images_per_prompt)),
+                          negative_prompts=negs, num_images_per_prompt=1, latents=latents, callback=cb,
+                          images=None if req.mode != "img2img" else tuple(
+                              r.images[k % len(r.images)] for r in reqs for k in range(r.batch)))
+        out = pipe.run(req)
         timings = dict(out.timings)
         for st in ("text_encode", "denoise", "vae_decode"):
             if st in timings:
@@ -699,36 +659,33 @@ class Service:
         return results
 
     def _execute_caption(self, eng: Engine, works: list[Work]) -> list:
-        p0 = works[0].params
-        images = [im for w in works for im in w.params["images"]]
-        kw = {k: p0[k] for k in ("max_new_tokens", "num_beams", "num_return_sequences", "length_penalty",
-                                 "repetition_penalty", "no_repeat_ngram_size")}
-        out = eng.pipe(images, p0["prompt"], **kw)
+        req = works[0].params["request"]
+        if len(works) > 1:  # same settings (batch key), no prompts: one call over every request's images
+            req = replace(req, images=tuple(im for w in works for im in w.params["request"].images))
+        out = eng.pipe.run(req)
         for st, v in (getattr(out, "timings", None) or {}).items():
-            if isinstance(v, (int, float)) and st in ("encode", "decode", "vision_encode", "text_decode"):
+            if st in ("preprocess", "image_encode", "cross_kv", "text_decode"):
                 self.metrics.stage.observe(v, engine=eng.name, stage=st)
-        per = p0["num_return_sequences"]
+        per = req.num_return_sequences
         results, row = [], 0
         for w in works:
-            k = len(w.params["images"]) * per
+            k = len(w.params["request"].images) * per
             results.append({"captions": list(out.texts[row:row + k]), "batch": len(works)})
             row += k
         return results
 
     def _execute_video(self, eng: Engine, works: list[Work]) -> list:
         (w,) = works
-        p = w.params
-        steps = p["args"].get("num_inference_steps") or getattr(eng.pipe, "default_steps", 0)
-        first = p["image"] if "image" in p else p["prompt"]
-        out = eng.pipe(first, seed=p["seed"], output_type="np", callback=self._callback(works, steps), **p["args"])
-        frames = getattr(out, "frames", None)
-        frames = np.asarray(out.images if frames is None else frames)
+        req = w.params["request"]
+        steps = req.num_inference_steps
+        out = eng.pipe.run(replace(req, callback=self._callback(works, steps)))
+        frames = np.asarray(out.frames)
         if frames.ndim == 5:  # (batch, frames, H, W, 3): one video per job
             frames = frames[0]
         for st, v in (getattr(out, "timings", None) or {}).items():
-            if st in ("text_encode", "denoise", "vae_decode"):
+            if st in ("text_encode", "image_encode", "denoise", "vae_decode"):
                 self.metrics.stage.observe(v, engine=eng.name, stage=st)
-        return [{"frames": [encode_png(im) for im in imgproc.to_pil(frames)], "seed": p["seed"],
+        return [{"frames": [encode_png(im) for im in imgproc.to_pil(frames)], "seed": req.seed,
                  "num_frames": int(frames.shape[0])}]
 
     # ------------------------------------------------------------------ answers
