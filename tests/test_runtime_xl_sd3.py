@@ -108,3 +108,21 @@ def test_inpaint_xl_sd3_matches_diffusers(kind, cls, module, monkeypatch):
     want = ref("a red cat", image=img, mask_image=Image.fromarray(mask), output_type=out_type, **kw).images
     got = pipe.inpaint("a red cat", image=img, mask_image=Image.fromarray(mask), output_type=out_type, **kw).images
     assert max_diff(got, np.asarray(want)) < 2e-3
+
+
+def test_sd3_clip_wider_than_joint_attention_dim_is_cropped_like_diffusers(tmp_path):
+    """diffusers pads the CLIP features to T5's width with F.pad, which crops them when the concatenated
+    CLIP width (2 x 32 here) is larger than the transformer's joint_attention_dim (48 here)."""
+    from fastgen_export import export
+    from fastgen_export.testing import build_tiny_pipeline
+
+    src = build_tiny_pipeline("sd3", str(tmp_path / "src"), transformer={"joint_attention_dim": 48})
+    eng = export(src, str(tmp_path / "engine"), log=None)
+    ref = diffusers_pipe(src, "StableDiffusion3Pipeline", text_encoder_3=None, tokenizer_3=None)
+    assert ref.transformer.config.joint_attention_dim == 48
+    pipe = fastgen.Pipeline.load(eng)
+    lat = fastgen.randn((1, pipe.latent_channels, H // 4, W // 4), seed=2)
+    kw = dict(negative_prompt="ugly", num_inference_steps=3, guidance_scale=4.0, height=H, width=W)
+    want = ref("a red cat", latents=torch.from_numpy(lat), output_type="np", **kw).images
+    got = pipe("a red cat", latents=lat, output_type="np", **kw).images
+    assert max_diff(got, want) < 2e-3

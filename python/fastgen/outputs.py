@@ -16,7 +16,7 @@ loop_overhead     the rest of the denoising loop (scheduler, guidance, callbacks
 vae_decode        VAE decoding to pixels
 cross_kv          captioning: cross-attention keys / values, once per image
 text_decode       captioning: the decoder steps and the search
-steps             denoising steps run
+steps             denoising steps run (denoiser calls; fewer when a callback stopped early)
 decoder_steps     captioning: decoder steps run
 ================  ===============================================================================
 """

@@ -74,10 +74,10 @@ class ImagePipeline(Pipeline):
         self.latent_channels = self.geometry.latent_channels
         self.vae_scale_factor = self.geometry.vae_scale_factor
         self.unet_in_channels = int(c.get("unet_in_channels", self.latent_channels))
-        self.vae = Vae(components, c)
+        self.vae = Vae(self.session, c)
         self.schedulers = Schedulers(manifest)
         self.scheduler_config = self.schedulers.config
-        self.text = TextEncoders(components)
+        self.text = TextEncoders(self.session, self.manifest)
         self.prompt_encoder = self._family.prompt_encoder(self.text, c)
         self.default_steps = int(c.get("default_steps", self._family.default_steps))
         self.default_guidance = float(c.get("default_guidance_scale", self._family.default_guidance))
@@ -222,9 +222,10 @@ class ImagePipeline(Pipeline):
 
         net = self.session(self._family.denoiser)
         sample_name = self._family.sample_input
-        unet_time = [0.0]
+        unet_time, calls = [0.0], [0]
 
         def denoise(xin: np.ndarray, t: float) -> np.ndarray:
+            calls[0] += 1
             if extra_inputs:
                 xin = np.concatenate([xin, extra_inputs["mask"], extra_inputs["masked_image_latents"]], axis=1)
             t1 = time.perf_counter()
@@ -246,7 +247,7 @@ class ImagePipeline(Pipeline):
                         guidance_rescale=req.guidance_rescale, eta=req.eta, callback=step_cb)
         timer.add("denoise", unet_time[0])
         timer.add("loop_overhead", max(time.perf_counter() - t0 - unet_time[0], 0.0))
-        timer.add("steps", len(sched.timesteps) - begin)
+        timer.add("steps", calls[0])
         if req.output_type == "latent":
             images: Any = x
         else:

@@ -1,6 +1,6 @@
 """Stages the task pipelines compose: image geometry, prompt encoders per family, the VAE, schedulers.
 
-Each stage holds the engine's ``Components`` (sessions, manifest) and does one job the way the
+Each stage gets the pipeline's session getter (so ``pipe.close()`` reaches them) and does one job the way the
 diffusers pipeline of the same family does it, so image, video and image-to-video pipelines share
 them without inheriting from each other.
 """
@@ -19,7 +19,9 @@ from .._args import check_int, check_prompts, check_size_pair
 from ..errors import InvalidArgumentError, ManifestError
 from ..schedulers import Scheduler, from_config
 from ..tokenizer import PromptTokenizer
-from .base import Components
+from ..backends.base import Session
+
+SessionGetter = Callable[[str], Session]  # the pipeline's session(name): stages never outlive its close()
 
 
 def _config_number(config: dict, key: str, cast, default=None):
@@ -84,16 +86,16 @@ class Conditioning:
 
 
 class TextEncoders:
-    """Tokenizers and text-encoder sessions of an engine."""
+    """Tokenizers and text-encoder sessions of an engine (``session``: the pipeline's session getter)."""
 
-    def __init__(self, components: Components):
-        self.components = components
+    def __init__(self, session: SessionGetter, manifest):
+        self.session, self.manifest = session, manifest
         self._tokenizers: dict[str, PromptTokenizer] = {}
 
     def tokenizer(self, name: str) -> PromptTokenizer:
         t = self._tokenizers.get(name)
         if t is None:
-            spec = self.components.manifest.tokenizers.get(name)
+            spec = self.manifest.tokenizers.get(name)
             if spec is None:
                 raise ManifestError(f"engine has no tokenizer {name!r}")
             t = self._tokenizers[name] = PromptTokenizer(spec)
@@ -101,7 +103,7 @@ class TextEncoders:
 
     def encode(self, encoder: str, tokenizer: str, prompts: list[str]) -> dict[str, np.ndarray]:
         ids = self.tokenizer(tokenizer)(prompts)
-        return self.components.session(encoder).run({"input_ids": ids})
+        return self.session(encoder).run({"input_ids": ids})
 
 
 def _cfg_rows(neg: np.ndarray, pos: np.ndarray, n: int, cfg: bool) -> np.ndarray:
@@ -193,7 +195,7 @@ class SD3PromptEncoder:
         B = len(prompts)
         p2 = check_prompts("prompt_2", extra.get("prompt_2") or prompts, B)
         p3 = check_prompts("prompt_3", extra.get("prompt_3") or prompts, B)
-        has_t5 = self.text.components.manifest.has("text_encoder_3")
+        has_t5 = self.text.manifest.has("text_encoder_3")
 
         def embed(t1, t2, t3):
             o1 = self.text.encode("text_encoder", "tokenizer", t1)
@@ -260,19 +262,19 @@ class Schedulers:
 class Vae:
     """VAE encode / decode with the engine's scaling factor and shift (diffusers' order of operations)."""
 
-    def __init__(self, components: Components, config: dict):
-        self.components = components
+    def __init__(self, session: SessionGetter, config: dict):
+        self.session = session
         self.scaling_factor = _config_number(config, "scaling_factor", float)
         self.shift_factor = float(config.get("shift_factor") or 0.0)
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """NCHW [-1, 1] -> scaled latents (the latent distribution's mean)."""
-        mean = self.components.session("vae_encoder").run({"sample": pixels}, ["latent_mean"])["latent_mean"]
+        mean = self.session("vae_encoder").run({"sample": pixels}, ["latent_mean"])["latent_mean"]
         return ((mean - np.float32(self.shift_factor)) * np.float32(self.scaling_factor)).astype(np.float32)
 
     def encode_mean(self, pixels: np.ndarray) -> np.ndarray:
         """The unscaled latent mean (SVD conditions on it)."""
-        return self.components.session("vae_encoder").run({"sample": pixels}, ["latent_mean"])["latent_mean"]
+        return self.session("vae_encoder").run({"sample": pixels}, ["latent_mean"])["latent_mean"]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents NCHW -> NHWC float32 images in [0, 1]."""
@@ -280,7 +282,7 @@ class Vae:
         return imgproc.postprocess(self._decode(z))
 
     def _decode(self, z: np.ndarray) -> np.ndarray:
-        return self.components.session("vae_decoder").run({"latent": z}, ["sample"])["sample"]
+        return self.session("vae_decoder").run({"latent": z}, ["sample"])["sample"]
 
     def iter_decode(self, latents: np.ndarray, chunk: int, size: tuple[int, int], add, *,
                     unscaled: bool = False) -> Iterator[np.ndarray]:

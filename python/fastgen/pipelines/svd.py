@@ -101,7 +101,7 @@ class ImageToVideoPipeline(Pipeline):
         self.geometry = ImageGeometry(c)
         self.latent_channels = self.geometry.latent_channels
         self.vae_scale_factor = self.geometry.vae_scale_factor
-        self.vae = Vae(components, c)
+        self.vae = Vae(self.session, c)
         self.schedulers = Schedulers(self.manifest)
         self.default_steps = int(c.get("default_steps", 25))
         self.default_num_frames = int(c.get("default_num_frames", 14))
@@ -188,9 +188,10 @@ class ImageToVideoPipeline(Pipeline):
         noise = req.latents if req.latents is not None else randn(shape, seed)
         x = (noise * np.float32(sched.init_noise_sigma)).astype(np.float32)
         net = self.session("unet")
-        unet_time = [0.0]
+        unet_time, calls = [0.0], [0]
 
         def denoise(xin: np.ndarray, t: float) -> np.ndarray:
+            calls[0] += 1
             xx = np.concatenate([xin, xin]) if cfg else xin
             xx = np.ascontiguousarray(np.concatenate([xx, img_lat], axis=2))
             t1 = time.perf_counter()
@@ -208,7 +209,7 @@ class ImageToVideoPipeline(Pipeline):
         x = sample_loop(sched, x, denoise, guidance_scale=1.0, callback=req.callback)
         timer.add("denoise", unet_time[0])
         timer.add("loop_overhead", max(time.perf_counter() - t0 - unet_time[0], 0.0))
-        timer.add("steps", len(sched.timesteps))
+        timer.add("steps", calls[0])
         if req.output_type == "latent":
             return VideoOutput(frames=x, seed=seed, timings=timer.finish())
         flat = (x.reshape((B * frames,) + x.shape[2:]) * np.float32(1.0 / self.vae.scaling_factor)).astype(np.float32)

@@ -63,9 +63,9 @@ class TextToVideoPipeline(Pipeline):
         self.geometry = ImageGeometry(c)
         self.latent_channels = self.geometry.latent_channels
         self.vae_scale_factor = self.geometry.vae_scale_factor
-        self.vae = Vae(components, c)
+        self.vae = Vae(self.session, c)
         self.schedulers = Schedulers(self.manifest)
-        self.text = TextEncoders(components)
+        self.text = TextEncoders(self.session, self.manifest)
         self.prompt_encoder = SDPromptEncoder(self.text, c)
         self.default_steps = int(c.get("default_steps", 25))
         self.default_guidance = float(c.get("default_guidance_scale", 7.5))
@@ -200,9 +200,10 @@ class TextToVideoPipeline(Pipeline):
         x = (noise * np.float32(sched.init_noise_sigma)).astype(np.float32)
         net = self.session("unet")
         window_callback = req.window_callback
-        unet_time = [0.0]
+        unet_time, steps = [0.0], [0]
 
         def denoise(xin: np.ndarray, t: float, start: int) -> np.ndarray:
+            steps[0] += start == 0  # every step's first window starts at frame 0
             t1 = time.perf_counter()
             out = net.run({"sample": xin, "timestep": np.full((xin.shape[0],), t, np.float32),
                            "encoder_hidden_states": ehs}, ["noise_pred"])["noise_pred"]
@@ -217,7 +218,7 @@ class TextToVideoPipeline(Pipeline):
                                     req.eta, callback)
         timer.add("denoise", unet_time[0])
         timer.add("loop_overhead", max(time.perf_counter() - t0 - unet_time[0], 0.0))
-        timer.add("steps", len(sched.timesteps))
+        timer.add("steps", steps[0])
         return x
 
     # ------------------------------------------------------------------ FIFO-Diffusion
