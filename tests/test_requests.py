@@ -236,3 +236,29 @@ def test_cli_has_no_phantom_commands_and_reports_bad_input(tmp_path):
     assert main(["generate", "x", "--steps", "0", "-o", str(tmp_path / "a.png")]) == 2
     (tmp_path / "file").write_text("")
     assert main(["generate", "x", "--steps", "1", "-o", str(tmp_path / "file" / "a.png")]) == 2
+
+
+def test_video_writer_is_checked_before_the_first_frame(tmp_path, monkeypatch):
+    """export_video (and so `fastgen generate` on a video engine) refuses an MP4 it cannot write before
+    it asks the iterator for a frame: an iterator from iter_frames denoises on its first next()."""
+    from fastgen.video_io import check_writer, export_video
+
+    started = []
+
+    def frames():
+        started.append(True)
+        yield np.zeros((8, 8, 3), np.float32)
+
+    for name in ("av", "imageio_ffmpeg"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    with pytest.raises(fastgen.UnsupportedError, match="writing MP4 needs PyAV"):
+        export_video(frames(), tmp_path / "x.mp4")
+    assert started == []
+    (tmp_path / "file").write_text("")
+    for bad, text in ((tmp_path / "file" / "x.gif", "cannot be created"), (tmp_path / "x.avi", "unknown video suffix")):
+        with pytest.raises(InvalidArgumentError, match=text):
+            export_video(frames(), bad)
+        assert started == []
+    assert check_writer(tmp_path / "sub" / "x.gif").endswith("x.gif")
+    export_video(frames(), tmp_path / "ok.gif", fps=4)
+    assert started == [True]
