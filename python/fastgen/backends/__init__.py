@@ -1,4 +1,4 @@
-"""Inference backends behind one Session interface: onnxruntime (default) and tensorrt."""
+"""Inference backends behind one Session interface: onnxruntime (default), openvino and tensorrt."""
 
 from __future__ import annotations
 
@@ -6,13 +6,29 @@ from ..errors import InvalidArgumentError, ManifestError
 from ..manifest import Manifest, safe_path
 from .base import Session
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+# precisions each backend runs ("auto": the fastest the machine runs natively)
+PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "auto"), "tensorrt": ("fp32",)}
+
+
+def check_precision(backend: str, precision: str) -> str:
+    allowed = PRECISIONS.get(backend, ())
+    if not isinstance(precision, str) or precision not in allowed:
+        raise InvalidArgumentError(f"precision for backend {backend!r} must be one of {', '.join(allowed)}, "
+                                   f"got {precision!r}")
+    return precision
 
 
 def open_session(manifest: Manifest, component: str, *, backend: str = "onnxruntime", device: str = "cpu",
-                 providers=None, session_options=None) -> Session:
+                 providers=None, session_options=None, precision: str = "fp32", threads: int | None = None) -> Session:
     """Load one component of an engine with the chosen backend."""
     spec = manifest.component(component)
+    if backend == "openvino":
+        if device != "cpu":
+            raise InvalidArgumentError("backend='openvino' runs on device='cpu'")
+        from .openvino import OvSession
+
+        return OvSession(component, spec.path, precision=precision, threads=threads)
     if backend == "onnxruntime":
         from .onnxruntime import OrtSession
 

@@ -21,8 +21,8 @@ import weakref
 from abc import ABC, abstractmethod
 from typing import Any
 
-from .._args import check_keywords
-from ..backends import BACKENDS, open_session
+from .._args import check_int, check_keywords
+from ..backends import BACKENDS, check_precision, open_session
 from ..backends.base import Session
 from ..errors import FastgenError, InvalidArgumentError, ManifestError
 from ..manifest import MANIFEST_NAME, Manifest, load_manifest
@@ -64,9 +64,10 @@ def resolve_engine_dir(engine_dir: Any) -> str:
 class Components:
     """The engine's sessions (opened lazily, thread-safe) and manifest, shared by pipelines."""
 
-    def __init__(self, manifest: Manifest, backend: str, device: str, providers, session_options):
+    def __init__(self, manifest: Manifest, backend: str, device: str, providers, session_options,
+                 precision: str = "fp32", threads: int | None = None):
         self.manifest = manifest
-        self.backend, self.device = backend, device
+        self.backend, self.device, self.precision, self.threads = backend, device, precision, threads
         self._providers, self._session_options = providers, session_options
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -79,7 +80,8 @@ class Components:
             s = self._sessions.get(name)
             if s is None:
                 s = open_session(self.manifest, name, backend=self.backend, device=self.device,
-                                 providers=self._providers, session_options=self._session_options)
+                                 providers=self._providers, session_options=self._session_options,
+                                 precision=self.precision, threads=self.threads)
                 self._sessions[name] = s
         return s
 
@@ -97,14 +99,15 @@ def _engine_identity(root: str) -> tuple:
     return (root, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def shared_components(manifest: Manifest, backend: str, device: str, providers, session_options) -> Components:
+def shared_components(manifest: Manifest, backend: str, device: str, providers, session_options,
+                      precision: str = "fp32", threads: int | None = None) -> Components:
     if session_options is not None:  # options objects are not comparable: never shared
-        return Components(manifest, backend, device, providers, session_options)
-    key = (_engine_identity(manifest.root), backend, device, tuple(map(str, providers or ())))
+        return Components(manifest, backend, device, providers, session_options, precision, threads)
+    key = (_engine_identity(manifest.root), backend, device, tuple(map(str, providers or ())), precision, threads)
     with _COMPONENTS_LOCK:
         c = _COMPONENTS.get(key)
         if c is None:
-            c = Components(manifest, backend, device, providers, None)
+            c = Components(manifest, backend, device, providers, None, precision, threads)
             _COMPONENTS[key] = c
         return c
 
@@ -122,10 +125,13 @@ class Pipeline(ABC):
 
     @staticmethod
     def load(engine_dir: str | os.PathLike, backend: str = "onnxruntime", device: str = "cpu", providers=None,
-             session_options=None) -> "Pipeline":
+             session_options=None, precision: str = "fp32", threads: int | None = None) -> "Pipeline":
         """Open an engine directory and return the pipeline its manifest asks for.
 
-        Components load lazily on first use and are shared with other pipelines of the same engine.
+        ``precision``: "fp32" (the exact path, the default); with ``backend="openvino"`` also "bf16" or
+        "auto" (bf16 where the CPU has native bf16). ``threads``: the most threads one network call uses
+        (openvino; default all cores). Components load lazily on first use and are shared with other
+        pipelines of the same engine and settings.
         """
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -134,16 +140,19 @@ class Pipeline(ABC):
         if providers is not None and (not isinstance(providers, (list, tuple))
                                       or not all(isinstance(p, (str, tuple)) for p in providers)):
             raise InvalidArgumentError("providers must be a list of ONNX Runtime provider names (or (name, options))")
+        check_precision(backend, precision)
+        if threads is not None:
+            threads = check_int("threads", threads, 1, 1024)
         manifest = load_manifest(resolve_engine_dir(engine_dir))
         cls = pipeline_class(manifest)
-        return cls(shared_components(manifest, backend, device, providers, session_options))
+        return cls(shared_components(manifest, backend, device, providers, session_options, precision, threads))
 
     def __init__(self, components: Components):
         if not isinstance(components, Components):
             raise InvalidArgumentError("pipelines are made by fastgen.Pipeline.load(engine_dir)")
         self._components: Components | None = components
         self.manifest = components.manifest
-        self.backend, self.device = components.backend, components.device
+        self.backend, self.device, self.precision = components.backend, components.device, components.precision
 
     # ---------------------------------------------------------------- the protocol
     @abstractmethod
