@@ -11,7 +11,9 @@ BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "auto"), "tensorrt": ("fp32",)}
 
 
-def check_precision(backend: str, precision: str) -> str:
+def check_precision(backend: str, precision: str, device: str = "cpu") -> str:
+    if backend == "openvino" and device != "cpu":
+        raise InvalidArgumentError("backend='openvino' runs on device='cpu'")
     allowed = PRECISIONS.get(backend, ())
     if not isinstance(precision, str) or precision not in allowed:
         raise InvalidArgumentError(f"precision for backend {backend!r} must be one of {', '.join(allowed)}, "

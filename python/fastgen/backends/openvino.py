@@ -104,6 +104,7 @@ class OvSession(Session):
         self._lock = threading.Lock()
         self._compile_locks: dict[tuple, threading.Lock] = {}
         self.compiles = 0  # shapes compiled (or loaded from the disk cache) by this session
+        self.loaded_from_cache = 0  # of those, how many came from the disk cache
 
     @property
     def input_names(self) -> list[str]:
@@ -150,8 +151,13 @@ class OvSession(Session):
                     cm = core(self.precision).compile_model(model, "CPU", self._config)
                 except Exception as e:
                     raise BackendError(f"{self.name}: OpenVINO could not compile for shapes {dict(key)}: {e}") from e
+                try:
+                    cached = bool(cm.get_property("LOADED_FROM_CACHE"))
+                except Exception:  # noqa: BLE001 - older OpenVINO without the property
+                    cached = False
                 with self._lock:
                     self.compiles += 1
+                    self.loaded_from_cache += cached
                     self._compiled[key] = cm
                     while len(self._compiled) > self.max_shapes:
                         self._compiled.popitem(last=False)

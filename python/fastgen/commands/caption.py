@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .common import add_backend_arguments, load_options
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", help="a captioning engine directory (fastgen export of a captioner)")
@@ -17,15 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--num-return-sequences", type=int, default=1)
     p.add_argument("--early-stopping", choices=("false", "true", "never"), default="false")
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--device", default="cpu")
+    add_backend_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of {image, caption, token_ids}")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..pipelines.base import Pipeline
 
-    pipe = Pipeline.load(args.engine_dir, backend=args.backend, device=args.device)
+    pipe = Pipeline.load(args.engine_dir, **load_options(args))
     if pipe.kind != "captioning":
         from ..errors import InvalidArgumentError
 

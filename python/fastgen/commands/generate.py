@@ -9,6 +9,7 @@ import sys
 import time
 
 from ..errors import InvalidArgumentError
+from .common import add_backend_arguments, load_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,8 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", default=None, help="mask image (white = repaint): inpainting; needs --image")
     p.add_argument("--strength", type=float, default=None)
     p.add_argument("-n", "--num-images", type=int, default=1)
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_backend_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # --- video engines (issue 9) ---
     p.add_argument("--num-frames", type=int, default=None, help="video engines: frames to generate (default 16)")
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mask and not args.image:
         raise InvalidArgumentError("--mask needs --image")
     t0 = time.perf_counter()
-    pipe = Pipeline.load(engine, backend=args.backend, device=args.device)
+    pipe = Pipeline.load(engine, **load_options(args))
     if pipe.kind == "captioning":
         raise InvalidArgumentError(f"{engine} is a captioning engine: use `fastgen caption`")
     if pipe.kind in ("text2video", "img2video"):

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import os
 
+from .common import add_backend_arguments, load_options
 from ..errors import InvalidArgumentError, UnsupportedError
 
 API_KEY_ENV = "FASTGEN_API_KEY"
@@ -26,8 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=8, help="most images (n) per request")
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on /v1/* (or set ${API_KEY_ENV})")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_backend_arguments(p)
     p.add_argument("--ray", action="store_true", help="serve with Ray Serve (pip install \"fastgen[ray]\")")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()] if args.sizes else None
     opts = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                 workers=args.workers, api_key=api_key, timeout_s=args.timeout, sizes=sizes,
-                max_images=args.max_images, backend=args.backend, device=args.device)
+                max_images=args.max_images, **load_options(args))
     if args.ray:
         from ..serve.ray import run_ray
 

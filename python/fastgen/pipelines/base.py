@@ -140,7 +140,7 @@ class Pipeline(ABC):
         if providers is not None and (not isinstance(providers, (list, tuple))
                                       or not all(isinstance(p, (str, tuple)) for p in providers)):
             raise InvalidArgumentError("providers must be a list of ONNX Runtime provider names (or (name, options))")
-        check_precision(backend, precision)
+        check_precision(backend, precision, device)
         if threads is not None:
             threads = check_int("threads", threads, 1, 1024)
         manifest = load_manifest(resolve_engine_dir(engine_dir))

@@ -49,7 +49,8 @@ class ClientGone(Exception):
 def create_app(engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_queue: int = 64, workers: int = 1,
                api_key: str | None = None, timeout_s: float = 300.0, sizes: list[str] | None = None,
                max_images: int = 8, batching: bool = True, warmup: bool = True, backend: str = "onnxruntime",
-               device: str = "cpu", service: Service | None = None) -> Starlette:
+               device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+               service: Service | None = None) -> Starlette:
     """An ASGI app serving ``engines`` ({name: engine_dir or Pipeline} or a list of engine dirs).
 
     ``app.state.service`` is the serving core (metrics, batcher, jobs); shutting the app down (ASGI
@@ -58,7 +59,8 @@ def create_app(engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_qu
     if service is None:
         service = Service(engines, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                           workers=workers, api_key=api_key, timeout_s=timeout_s, sizes=sizes, max_images=max_images,
-                          batching=batching, warmup=warmup, backend=backend, device=device)
+                          batching=batching, warmup=warmup, backend=backend, device=device,
+                          precision=precision, threads=threads)
     m = service.metrics
 
     def endpoint(name: str, auth: bool = True):

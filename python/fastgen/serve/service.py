@@ -189,7 +189,7 @@ def _kind_of(pipe) -> str:
     return "image"
 
 
-def load_engines(engines, *, backend: str = "onnxruntime", device: str = "cpu") -> dict[str, Engine]:
+def load_engines(engines, **load_options) -> dict[str, Engine]:
     """{name: dir | Pipeline} or [dir | Pipeline, ...] -> {name: Engine}. List names are directory names."""
     from ..pipelines import Pipeline
 
@@ -204,7 +204,7 @@ def load_engines(engines, *, backend: str = "onnxruntime", device: str = "cpu") 
         raise InvalidArgumentError("serve at least one engine")
     out: dict[str, Engine] = {}
     for name, e in items:
-        pipe = e if not isinstance(e, (str, os.PathLike)) else Pipeline.load(e, backend=backend, device=device)
+        pipe = e if not isinstance(e, (str, os.PathLike)) else Pipeline.load(e, **load_options)
         root = getattr(pipe, "engine_dir", None) or str(e)
         if name is None:
             name = os.path.basename(os.path.normpath(os.fspath(e))) if isinstance(e, (str, os.PathLike)) else "engine"
@@ -303,8 +303,9 @@ class Service:
                  workers: int = 1, api_key: str | None = None, timeout_s: float = 300.0,
                  sizes: list[str] | None = None, max_images: int = 8, max_steps: int = 150,
                  max_body_bytes: int = 32 << 20, batching: bool = True, warmup: bool = True,
-                 backend: str = "onnxruntime", device: str = "cpu"):
-        self.engines = load_engines(engines, backend=backend, device=device)
+                 backend: str = "onnxruntime", device: str = "cpu", precision: str = "fp32",
+                 threads: int | None = None):
+        self.engines = load_engines(engines, backend=backend, device=device, precision=precision, threads=threads)
         self.api_key = api_key or None
         self.timeout_s = float(timeout_s)
         self.max_images = int(max_images)
