@@ -43,6 +43,7 @@ class ImageRequest:
     masks: tuple | None = field(repr=False)  # PIL images (inpaint)
     strength: float  # 1.0 for text2img
     extra: dict  # family keywords (SDXL prompt_2 / sizes, SD3 prompt_2 / prompt_3)
+    vae_tiling: bool = False  # decode in overlapping tiles, as diffusers' vae.enable_tiling()
 
     @property
     def batch(self) -> int:

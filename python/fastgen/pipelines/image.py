@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import image as imgproc
-from .._args import (check_callable, check_choice, check_float, check_int, check_prompts,
+from .._args import (check_bool, check_callable, check_choice, check_float, check_int, check_prompts,
                      check_seed, check_array)
 from ..errors import InvalidArgumentError, ManifestError
 from ..outputs import ImageOutput, Timer
@@ -86,7 +86,7 @@ class ImagePipeline(Pipeline):
     def validate(self, prompt=None, *, negative_prompt=None, num_inference_steps=None, guidance_scale=None,
                  height=None, width=None, num_images_per_prompt=1, seed=None, latents=None, scheduler=None,
                  guidance_rescale=0.0, output_type="pil", callback=None, eta=0.0, image=None, mask_image=None,
-                 strength=None, **family_kwargs) -> ImageRequest:
+                 strength=None, vae_tiling=False, **family_kwargs) -> ImageRequest:
         """Check a call's arguments against this engine and return the complete request."""
         self.refuse_unknown(family_kwargs, self.prompt_encoder.keywords)
         extra = {k: self.prompt_encoder.keywords[k](k, v) for k, v in family_kwargs.items() if v is not None}
@@ -135,7 +135,8 @@ class ImagePipeline(Pipeline):
             guidance_rescale=check_float("guidance_rescale", guidance_rescale, 0.0, 1.0),
             eta=check_float("eta", eta, 0.0), output_type=check_choice("output_type", output_type, OUTPUT_TYPES),
             callback=check_callable("callback", callback, "callback(step, timestep, latents) -> bool | None"),
-            images=images, masks=masks, strength=strength, extra=extra)
+            images=images, masks=masks, strength=strength, extra=extra,
+            vae_tiling=check_bool("vae_tiling", vae_tiling))
         if mode != "text2img" and self.denoising_steps(req) < 1:
             raise InvalidArgumentError(f"strength {strength} with {steps} steps leaves no denoising step")
         return req
@@ -252,7 +253,7 @@ class ImagePipeline(Pipeline):
             images: Any = x
         else:
             with timer.stage("vae_decode"):
-                arr = self.vae.decode(x)
+                arr = self.vae.decode(x, tiling=req.vae_tiling)
             images = arr if req.output_type == "np" else imgproc.to_pil(arr)
         return ImageOutput(images=images, seed=req.seed, timings=timer.finish())
 
