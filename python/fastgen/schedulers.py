@@ -11,7 +11,6 @@ diffusers' numbers. Unknown classes or bad config values raise fastgen.ConfigErr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
