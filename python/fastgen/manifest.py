@@ -224,6 +224,7 @@ DIFFUSION = {
     "prediction_type": S.Str(PREDICTION_TYPES),
     "default_steps": S.Int(1, 1000),
     "default_guidance_scale": S.Num(0),
+    "vae_sample_size": S.Int(1, MAX_SIZE),  # the VAE's config.sample_size: its tile size for vae_tiling
 }
 SDXL = {
     "addition_time_embed_dim": S.Int(1, MAX_DIM),
