@@ -8,15 +8,16 @@ full: 512 px, 20 steps; one image, CFG 7.5 (UNet batch 2), DDIM on every side (t
 scheduler config with DDIMScheduler; the folder's own default is PNDM), the same prompt, negative prompt
 and ``fastgen.randn`` latents.
 
-Every configuration runs in a **fresh process** (``worker`` mode of this file): import, load, a 1-step
-warm-up call at the image size (it compiles every static shape, loads the weights, does onnxruntime's
-first-run work), then ``calls`` timed calls with per-stage timings (text encode, UNet total, VAE decode),
-the peak RSS (VmHWM) after load, after the warm-up and at the end, and the machine's 1-minute load at start
-and end. Configurations are interleaved across frameworks. fastgen's OpenVINO compile cache starts empty
-(``FASTGEN_CACHE_DIR`` = CACHE/ov-compile-cache, cleared per run), so the first fastgen OpenVINO process
-of a precision compiles. Then the **second cold start** of a service: new processes, load + the first
-image at the benchmark's steps, fastgen onnxruntime fp32 and the fastest fastgen OpenVINO path (its
-compile cache now warm), interleaved, ``cold_rounds`` of each (quick 2, full 1), the fastest compared.
+Every configuration runs in **fresh processes** (``worker`` mode of this file; quick: 2 rounds, the
+configurations interleaved across frameworks and the order reversed in the second round; the fastest
+timed call is reported): import, load, a first call of 1 step at the image size (it compiles every static
+shape, reads the weights, does onnxruntime's first-run work: the process's cold start), then ``calls``
+timed calls with per-stage timings (text encode, UNet total, VAE decode), the peak RSS (VmHWM) after load,
+after the first call and at the end, and the machine's 1-minute load at start and end. fastgen's OpenVINO
+compile cache starts empty (``FASTGEN_CACHE_DIR`` = CACHE/ov-compile-cache, cleared per run), so the first
+fastgen OpenVINO process of a precision compiles and later ones load the compiled blobs: the **second cold
+start** of a service (new process -> load -> first image) is the fastest of those processes against the
+fastest onnxruntime process (``cold_rounds`` more pairs of them run at the end).
 
 optimum-intel 2.2.0 cannot be installed next to this repository's diffusers 0.42.1 / transformers 5.23
 (it pins transformers < 5.6 and huggingface-hub < 1.22); ``benchmarks/peer_env.sh`` makes its own venv
@@ -84,10 +85,13 @@ REFERENCE = {"diffusers-bf16": "diffusers-fp32", "optimum-bf16": "optimum-fp32",
 CROSS_CHECKS = (("fastgen-ort-fp32", "diffusers-fp32"), ("optimum-fp32", "diffusers-fp32"),
                 ("fastgen-ov-fp32", "fastgen-ort-fp32"), ("fastgen-ov-fp32", "optimum-fp32"))
 STAGES = ("text_encode", "unet", "vae_decode", "total")
-# first_steps: each process's first call, a warm-up at the image size (it compiles every static shape and
-# does onnxruntime's first-run work); cold_rounds: the second-cold-start process pairs (full image each)
-MODES = {"quick": {"size": 256, "steps": 10, "calls": 1, "first_steps": 1, "cold_rounds": 2, "demo_prompts": 60},
-         "full": {"size": 512, "steps": 20, "calls": 1, "first_steps": 1, "cold_rounds": 1, "demo_prompts": 60}}
+# rounds: fresh processes per configuration (interleaved, min taken); calls: timed calls per process;
+# first_steps: each process's first call, at the image size (it compiles every static shape and does
+# onnxruntime's first-run work): the cold-start image; cold_rounds: extra onnxruntime / OpenVINO process pairs
+MODES = {"quick": {"size": 256, "steps": 10, "rounds": 2, "calls": 1, "first_steps": 1, "cold_rounds": 1,
+                   "demo_prompts": 60},
+         "full": {"size": 512, "steps": 20, "rounds": 1, "calls": 1, "first_steps": 1, "cold_rounds": 2,
+                  "demo_prompts": 60}}
 TARGETS = {"e2e_best_fastgen_vs_diffusers_fp32": 4.0, "e2e_vs_optimum_same_precision": 1.1,
            "unet_call_bf16_vs_ort_fp32": 2.0, "second_cold_start_ov_vs_ort": 1.0, "ov_fp32_vs_ort_max_abs": 2e-3}
 INT8_MISSING = "int8: not available in this build"
@@ -554,7 +558,8 @@ def targets(rows: dict, cold: dict, acc: dict) -> dict:
     return out
 
 
-def bench_cpu_backends(model: dict, *, size: int, steps: int, calls: int = 1, first_steps: int | None = None,
+def bench_cpu_backends(model: dict, *, size: int, steps: int, calls: int = 1, rounds: int = 1,
+                       first_steps: int | None = None,
                        configs=None, cache: str, cal_prompts: int = 2,
                        cold_rounds: int = 1, cal_size: int = 256, cal_steps: int = 10,
                        peer_venv_dir: str | None = None) -> dict:
@@ -569,7 +574,7 @@ def bench_cpu_backends(model: dict, *, size: int, steps: int, calls: int = 1, fi
                  "guidance_scale": GUIDANCE, "cfg_batch": 2, "scheduler": f"{SCHEDULER} on every side (the model's "
                  "scheduler config, class switched; the folder's default is PNDM)", "prompt": PROMPT,
                  "negative_prompt": NEGATIVE, "timed_calls_per_process": calls,
-                 "first_call_steps": first_steps or steps, "cold_rounds": cold_rounds,
+                 "first_call_steps": first_steps or steps, "rounds": rounds, "cold_rounds": cold_rounds,
                  "latents": f"fastgen.randn((1, 4, {lat}, {lat}), seed=0), the same array everywhere",
                  "threads": "library defaults (torch: cores, onnxruntime: cores, OpenVINO: cores)",
                  "configs": configs, "skipped": {}, "load_avg_1m_start": os.getloadavg()[0]}
@@ -632,48 +637,60 @@ def bench_cpu_backends(model: dict, *, size: int, steps: int, calls: int = 1, fi
             _log(f"  {name} (fresh process, load {os.getloadavg()[0]:.1f})")
             return _spawn(python, ["worker", spec_for(name, n_calls, first, image)], env=env)
 
-        for name in run:
-            try:
-                runs[name].append(launch(name, calls, first_steps, True))
-                images[name] = np.load(os.path.join(tmp, f"{name}.npy"))
-                r = runs[name][-1]
-                _log(f"    {name}: {r['calls'][0]['total']:.2f} s/image (UNet {r['calls'][0]['unet']:.2f} s), "
-                     f"peak RSS {r['peak_rss_mb']:.0f} MiB")
-            except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
-                rec["skipped"][name] = f"error: {e!r}"[-3000:]
-                runs.pop(name)
-        rows = {n: _row(n, rs, steps) for n, rs in runs.items()}
+        failed: set[str] = set()
+        for i in range(rounds):  # every configuration once per round, the order reversed every other round
+            for name in (run if i % 2 == 0 else run[::-1]):
+                if name in failed:
+                    continue
+                try:
+                    runs[name].append(launch(name, calls, first_steps, i == 0))
+                    if i == 0:
+                        images[name] = np.load(os.path.join(tmp, f"{name}.npy"))
+                    r = runs[name][-1]
+                    _log(f"    {name}: {r['calls'][0]['total']:.2f} s/image (UNet {r['calls'][0]['unet']:.2f} s), "
+                         f"peak RSS {r['peak_rss_mb']:.0f} MiB")
+                except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
+                    rec["skipped"][name] = f"error: {e!r}"[-3000:]
+                    failed.add(name)
+        rows = {n: _row(n, rs, steps) for n, rs in runs.items() if n not in failed and rs}
 
-        # second cold start: a service restarted with fastgen's OpenVINO compile cache warm vs onnxruntime:
-        # new processes, load + the first image at the benchmark's steps, interleaved, `cold_rounds` each
+        # second cold start: a service restarted with fastgen's OpenVINO compile cache warm, vs onnxruntime
+        # (which has no compile cache): new process -> load -> first image (the processes' first call, a
+        # `first_steps` image), the fastest of onnxruntime's processes vs the fastest of the best OpenVINO
+        # path's processes that found the compile cache warm (the main rounds after the first, plus
+        # `cold_rounds` more pairs of processes, interleaved)
         cold: dict = {}
         ov = [n for n in rows if n.startswith("fastgen-ov")]
-        if cold_rounds and "fastgen-ort-fp32" in rows and ov:
+        if "fastgen-ort-fp32" in rows and ov:
             best_ov = min(ov, key=lambda n: rows[n]["min"]["total"])
-            procs: dict[str, list] = {"fastgen-ort-fp32": [], best_ov: []}
+            ort_runs, ov_runs = list(runs["fastgen-ort-fp32"]), list(runs[best_ov][1:])
             try:
                 for i in range(cold_rounds):
                     for name in (("fastgen-ort-fp32", best_ov) if i % 2 == 0 else (best_ov, "fastgen-ort-fp32")):
-                        procs[name].append(launch(name, 0, None, False))
+                        (ort_runs if name == "fastgen-ort-fp32" else ov_runs).append(launch(name, 0, first_steps,
+                                                                                            False))
             except Exception as e:  # noqa: BLE001
                 cold["error"] = repr(e)[-2000:]
-            o, v = procs["fastgen-ort-fp32"], procs[best_ov]
-            if o and v:
-                o_s = [r["spawn_to_first_image_s"] for r in o]
-                v_s = [r["spawn_to_first_image_s"] for r in v]
+            if ov_runs:
+                o_s = [r["spawn_to_first_image_s"] for r in ort_runs]
+                v_s = [r["spawn_to_first_image_s"] for r in ov_runs]
+                first = first_steps or steps
                 cold.update({
-                    "ov_config": best_ov, "first_image_steps": steps, "processes": cold_rounds,
-                    "ort_s": min(o_s), "ort_values": o_s, "ov_s": min(v_s), "ov_values": v_s,
-                    "ratio": min(o_s) / min(v_s),
-                    "ort_load_s": [r["load_s"] for r in o], "ort_first_call_s": [r["first_call"]["total"] for r in o],
-                    "ov_load_s": [r["load_s"] for r in v], "ov_first_call_s": [r["first_call"]["total"] for r in v],
-                    "ov_sessions": v[0]["ran"].get("sessions"),
-                    "load_avg_1m": {"ort": [r["load_avg_1m"] for r in o], "ov": [r["load_avg_1m"] for r in v]},
-                    "note": (f"new process -> first image ({steps} steps), min of {cold_rounds}: fastgen-ort-fp32 / "
-                             f"{best_ov} with its compile cache warm"),
-                    # the main processes: the first start ever of each (compile cache empty), a 1-step image
-                    "first_start_1step_s": {n: rows[n]["spawn_to_first_image_s"] for n in rows
-                                            if n.startswith("fastgen")}})
+                    "ov_config": best_ov, "first_image_steps": first, "ort_s": min(o_s), "ort_values": o_s,
+                    "ov_s": min(v_s), "ov_values": v_s, "ratio": min(o_s) / min(v_s),
+                    "ort_load_s": [r["load_s"] for r in ort_runs],
+                    "ort_first_call_s": [r["first_call"]["total"] for r in ort_runs],
+                    "ov_load_s": [r["load_s"] for r in ov_runs],
+                    "ov_first_call_s": [r["first_call"]["total"] for r in ov_runs],
+                    "ov_sessions": ov_runs[-1]["ran"].get("sessions"),
+                    "load_avg_1m": {"ort": [r["load_avg_1m"] for r in ort_runs],
+                                    "ov": [r["load_avg_1m"] for r in ov_runs]},
+                    "note": (f"new process -> load -> first image ({first} step{'s' * (first > 1)}, the image "
+                             f"size), fastest of {len(o_s)} fastgen-ort-fp32 / of {len(v_s)} {best_ov} with "
+                             "the compile cache warm"),
+                    # the first start ever of each OpenVINO precision: the compile cache empty
+                    "first_start_s": {n: runs[n][0]["spawn_to_first_image_s"] for n in rows
+                                      if n.startswith("fastgen")}})
     rec["rows"] = [rows[n] for n in configs if n in rows]
 
     # accuracy: PSNR against the fp32 counterpart, max abs, cross-framework fp32 checks
@@ -783,6 +800,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=None, help="image height = width in pixels")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--calls", type=int, default=None, help="timed calls per process (the fastest is reported)")
+    ap.add_argument("--rounds", type=int, default=None, help="fresh processes per configuration (quick 2, full 1)")
     ap.add_argument("--first-steps", type=int, default=None, help="steps of each process's first call (0: --steps)")
     ap.add_argument("--demo-prompts", type=int, default=None, help="demo accuracy prompts (0: skip)")
     ap.add_argument("--cal-prompts", type=int, default=2, help="prompts of optimum's int8 calibration")
@@ -796,7 +814,7 @@ def main(argv=None) -> int:
 
     rec = collect(args.quick, cache=args.cache, model_name=args.model,
                   configs=args.configs.split(",") if args.configs else None, size=args.size, steps=args.steps,
-                  calls=args.calls, first_steps=args.first_steps, demo_prompts=args.demo_prompts,
+                  calls=args.calls, rounds=args.rounds, first_steps=args.first_steps, demo_prompts=args.demo_prompts,
                   cal_prompts=args.cal_prompts, cold_rounds=args.cold_rounds, peer_venv_dir=args.peer_venv)
     write_json(args.out, "cpu_backends", rec)
     plots.cpu_backends(rec, os.path.join(args.out, "cpu_backends.png"))
@@ -806,7 +824,7 @@ def main(argv=None) -> int:
 
 
 def collect(quick: bool, *, cache=None, model_name="sd15", configs=None, size=None, steps=None, calls=None,
-            first_steps=None, demo_prompts=None, cal_prompts=2, cold_rounds=None, peer_venv_dir=None) -> dict:
+            rounds=None, first_steps=None, demo_prompts=None, cal_prompts=2, cold_rounds=None, peer_venv_dir=None) -> dict:
     """Run the benchmark and return its record (run_all.py writes it as cpu_backends.json)."""
     sys.path.insert(0, HERE)
     import models as M
@@ -822,7 +840,8 @@ def collect(quick: bool, *, cache=None, model_name="sd15", configs=None, size=No
     size = size or st["size"]
     steps = steps or st["steps"]
     fs = st["first_steps"] if first_steps is None else (first_steps or None)
-    rec = bench_cpu_backends(model, size=size, steps=steps, calls=calls or st["calls"], first_steps=fs,
+    rec = bench_cpu_backends(model, size=size, steps=steps, calls=calls or st["calls"],
+                             rounds=rounds or st["rounds"], first_steps=fs,
                              configs=configs, cache=cache, cal_prompts=cal_prompts,
                              cold_rounds=st["cold_rounds"] if cold_rounds is None else cold_rounds,
                              cal_size=min(size, MODES["quick"]["size"]), cal_steps=min(steps, MODES["quick"]["steps"]),
