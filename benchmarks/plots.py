@@ -161,7 +161,9 @@ CPU_SHADES = {"diffusers": ("#d9822b", "#f0b27a"), "optimum": ("#8e44ad", "#c39b
 
 def cpu_backends(rec: dict, path: str) -> str | None:
     """CPU backends (cpu_backends.py): stacked stage bars (s/image) per configuration, and peak RSS."""
-    rows = rec.get("rows") or []
+    from report import cpu_row_order
+
+    rows = sorted(rec.get("rows") or [], key=cpu_row_order)
     if not rows:
         return None
     plt = _plt()

@@ -179,6 +179,12 @@ def _db(v):
     return "∞" if v is None else f"{v:.1f}"
 
 
+def cpu_row_order(r) -> tuple:
+    """Sort key of a cpu_backends row: diffusers, optimum, fastgen; onnxruntime first; fp32, bf16, int8."""
+    return ({"diffusers": 0, "optimum": 1, "fastgen": 2}.get(r["framework"], 3), r["backend"] != "onnxruntime",
+            {"fp32": 0, "bf16": 1, "int8": 2}.get(r["precision"], 3))
+
+
 def cpu_backends(d) -> str:
     """The CPU backends table (cpu_backends.py): stages, peak RSS and PSNR per configuration, the skipped
     configurations with their reason, then the issue's targets and the demo model's accuracy."""
@@ -186,13 +192,14 @@ def cpu_backends(d) -> str:
     if "status" in j:
         return j["status"]
     acc = j.get("accuracy", {})
+    rows = sorted(j.get("rows", []), key=cpu_row_order)
     out = [f"{j['model']}, {j['image_size']}px, {j['steps']} DDIM steps, CFG {j['guidance_scale']} (UNet batch 2), "
-           f"one image; fastest timed call of a fresh process per configuration. 1-minute load "
+           f"one image; fastest timed call of {j.get('rounds', 1)} fresh process(es) per configuration. 1-minute load "
            f"{j['load_avg_1m_start']:.1f} at the start, {j['load_avg_1m_end']:.1f} at the end (2 cores).", "",
            "| configuration | total s/image | text encode s | UNet s | s / UNet call | VAE decode s | peak RSS MiB | "
            "PSNR vs fp32 dB | vs diffusers fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    base = next((r["min"]["total"] for r in j.get("rows", []) if r["config"] == "diffusers-fp32"), None)
-    for r in j.get("rows", []):
+    base = next((r["min"]["total"] for r in rows if r["config"] == "diffusers-fp32"), None)
+    for r in rows:
         m, a = r["min"], acc.get(r["config"])
         ps = f"{_db(a['psnr_db'])} (vs {a['reference']})" if a else ""
         out.append(f"| {r['config']} | {m['total']:.2f} | {m['text_encode']:.3f} | {m['unet']:.2f} | "
