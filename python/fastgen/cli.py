@@ -1,4 +1,4 @@
-"""The `fastgen` command line: export | build-trt | generate | caption | info | serve.
+"""The `fastgen` command line: export | build-trt | optimize | generate | caption | info | serve.
 
 Subcommands that need heavy dependencies import them lazily, so `fastgen generate` never loads
 torch, and `fastgen export` only needs the `export` extra.
@@ -17,6 +17,8 @@ EXPORT_COMMANDS = {
     "export": ("export a diffusers / transformers checkpoint to an engine directory",
                "add_export_arguments", "run_export"),
     "build-trt": ("build TensorRT plans for an engine directory", "add_build_trt_arguments", "run_build_trt"),
+    "optimize": ("write an int8 variant into an engine directory (calibrated on real runs)",
+                 "add_optimize_arguments", "run_optimize"),
 }
 
 
