@@ -44,8 +44,7 @@ from fastgen.errors import ExportError, FastgenError, InvalidArgumentError, Unsu
 
 from .manifest import read_manifest, utc_now, write_manifest
 
-__all__ = ["optimize", "FORMATS", "GENERAL_PROMPTS", "capture_denoiser_inputs", "calibration_prompts",
-           "remove_variant"]
+__all__ = ["optimize", "FORMATS", "GENERAL_PROMPTS", "capture_denoiser_inputs", "calibration_prompts"]
 
 # --int8-format -> (variant name in fastgen.json, folder in the engine directory, backend, method)
 FORMATS = {
@@ -162,8 +161,8 @@ class _Recorder:
 
 
 def _calibration_inputs(pipe, h: int, w: int) -> dict[str, Any]:
-    """Extra call arguments an engine needs (an inpainting UNet needs an image and a mask): a smooth
-    synthetic image and a centred rectangle."""
+    """Extra call arguments an engine needs (an inpainting UNet needs an image and a mask): a synthetic
+    image of 4x4 coloured blocks and a centred rectangle."""
     if pipe.unet_in_channels == pipe.latent_channels:
         return {}
     rng = np.random.default_rng(0)
@@ -204,16 +203,13 @@ def capture_denoiser_inputs(engine_dir: str, prompts: Sequence[str], *, steps: i
 
     denoiser = FAMILIES[manifest.family or "sd"].denoiser
     pipe = pipe_cls(RecordingComponents(manifest, "onnxruntime", "cpu", None, None))
-    kw: dict[str, Any] = dict(num_inference_steps=steps, output_type="latent")
+    h = pipe.geometry.default_height if height is None else height
+    w = pipe.geometry.default_width if width is None else width
+    kw: dict[str, Any] = dict(num_inference_steps=steps, output_type="latent", height=h, width=w,
+                              **_calibration_inputs(pipe, h, w))
     if guidance_scale is not None:
         kw["guidance_scale"] = guidance_scale
-    if height is not None:
-        kw["height"] = height
-    if width is not None:
-        kw["width"] = width
-    req0 = pipe.validate(prompts[0], seed=seed, **kw)
-    kw.update(height=req0.height, width=req0.width, guidance_scale=req0.guidance_scale)
-    kw.update(_calibration_inputs(pipe, req0.height, req0.width))
+    kw["guidance_scale"] = pipe.validate(prompts[0], seed=seed, **kw).guidance_scale  # checks the settings
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
         pipe(prompt, seed=seed + i, **kw)
@@ -222,8 +218,10 @@ def capture_denoiser_inputs(engine_dir: str, prompts: Sequence[str], *, steps: i
         log(f"  calibration run {i + 1}/{len(prompts)}: {len(samples)} {denoiser} inputs recorded "
             f"({time.perf_counter() - t0:.1f} s)")
     pipe.close()
-    settings = {"steps": steps, "guidance_scale": float(kw["guidance_scale"]), "height": int(kw["height"]),
-                "width": int(kw["width"]), "seed": seed, "runtime": f"fastgen {fastgen.__version__} onnxruntime fp32"}
+    settings = {"steps": steps, "guidance_scale": float(kw["guidance_scale"]), "height": int(h), "width": int(w),
+                "seed": seed, "runtime": f"fastgen {fastgen.__version__} onnxruntime fp32"}
+    if "mask_image" in kw:
+        settings["inpaint"] = "synthetic 4x4-block image, centred rectangular mask"
     return samples, settings
 
 
@@ -255,21 +253,6 @@ def _install(engine_dir: str, name: str, folder: str, built: str, record: dict) 
     write_manifest(engine_dir, data)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
-
-
-def remove_variant(engine_dir: str | os.PathLike, name: str = "int8") -> bool:
-    """Drop a variant's record and its folder (record first). True when there was one."""
-    engine_dir = os.fspath(engine_dir)
-    data = read_manifest(engine_dir)
-    variants = data.get("variants")
-    if not isinstance(variants, dict) or name not in variants:
-        return False
-    rec = variants.pop(name)
-    write_manifest(engine_dir, data)
-    folder = next((f for n, f, _, _ in FORMATS.values() if n == name), None)
-    if folder and isinstance(rec, dict):
-        shutil.rmtree(os.path.join(engine_dir, folder), ignore_errors=True)
-    return True
 
 
 # ---------------------------------------------------------------- optimize
@@ -306,6 +289,11 @@ def optimize(engine_dir: str | os.PathLike, *, int8: bool = True, int8_format: s
     if calibration_steps is not None and (isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int)
                                           or not 1 <= calibration_steps <= 1000):
         raise InvalidArgumentError(f"calibration_steps must be an int in [1, 1000], got {calibration_steps!r}")
+    for label, v in (("height", height), ("width", width)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16384):
+            raise InvalidArgumentError(f"{label} must be an int in [1, 16384] or None, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
+        raise InvalidArgumentError(f"seed must be a non-negative int, got {seed!r}")
     engine_dir = os.fspath(engine_dir)
     if engine_dir == "demo" and not os.path.isdir(engine_dir):
         raise InvalidArgumentError("the packaged demo engine is read-only: copy it (`fastgen info demo` prints "

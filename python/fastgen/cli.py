@@ -20,13 +20,15 @@ EXPORT_COMMANDS = {
     "optimize": ("write an int8 variant into an engine directory (calibrated on real runs)",
                  "add_optimize_arguments", "run_optimize"),
 }
+# the extra each exporter subcommand needs (default "export")
+COMMAND_EXTRAS = {"optimize": "quantize"}
 
 
 def _add_export(sub: argparse._SubParsersAction, command: str | None) -> None:
     """The exporter's subcommands. Their arguments come from the exporter package, imported only when
     one of them runs (``fastgen generate`` never imports it)."""
     for name, (help_, add_name, run_name) in EXPORT_COMMANDS.items():
-        p = sub.add_parser(name, help=help_ + " (needs the 'export' extra)")
+        p = sub.add_parser(name, help=help_ + f" (needs the '{COMMAND_EXTRAS.get(name, 'export')}' extra)")
         if name == command:
             exp = _exporter()
             getattr(exp, add_name)(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import InvalidArgumentError, ManifestError
 from ..manifest import Manifest, safe_path
 from .base import Session
-from .variants import check_variant, load_variant, variant_name
+from .variants import check_variant, load_variant, variant_name  # noqa: F401  (check_variant: re-exported)
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 # precisions each backend runs ("auto": the fastest the machine runs natively; "int8": the engine's int8
