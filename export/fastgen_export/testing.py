@@ -316,7 +316,8 @@ def build_tiny_svd(out_dir: str | os.PathLike, *, seed: int = 0, num_frames: int
                                        prediction_type="v_prediction", interpolation_type="linear",
                                        use_karras_sigmas=True, timestep_type="continuous", sigma_max=700.0,
                                        sigma_min=0.002, steps_offset=1, timestep_spacing="leading")
-        pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=sched, feature_extractor=fe)
+        pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=sched,
+                                            feature_extractor=fe)
         pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 
@@ -324,7 +325,8 @@ def build_tiny_svd(out_dir: str | os.PathLike, *, seed: int = 0, num_frames: int
 # ------------------------------------------------------------------------------------- captioners
 
 #: the words of the tiny captioners' word-level vocabularies (after their special tokens)
-CAPTION_WORDS = tuple("a photo of cat dog on the grass two sitting red blue car street man woman with table and in".split())
+CAPTION_WORDS = tuple(
+    "a photo of cat dog on the grass two sitting red blue car street man woman with table and in".split())
 
 
 def _wordlevel(specials: list[str], vocab_size: int | None):
