@@ -20,7 +20,7 @@ H, W = 48, 80  # non-square; the tiny video VAE has factor 8
 @pytest.fixture(scope="module")
 def animatediff(tmp_path_factory):
     from fastgen_export.api import export
-    from fastgen_export.video import build_tiny_animatediff
+    from fastgen_export.testing import build_tiny_animatediff
 
     root = tmp_path_factory.mktemp("animatediff")
     src = build_tiny_animatediff(str(root / "src"), motion_max_seq_length=MOTION_LEN)
@@ -379,7 +379,7 @@ def test_export_stable_video_diffusion(tmp_path):
     """SVD exports (CLIP image encoder, spatio-temporal UNet, VAE encoder, temporal VAE decoder), each
     parity-checked at another frame count; the runtime's ImageToVideoPipeline equals diffusers'."""
     from fastgen_export.api import export
-    from fastgen_export.video import build_tiny_svd
+    from fastgen_export.testing import build_tiny_svd
 
     src = build_tiny_svd(str(tmp_path / "svd-src"))
     eng = export(src, str(tmp_path / "svd-engine"), log=None)
