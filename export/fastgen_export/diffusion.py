@@ -247,7 +247,8 @@ def build_vae(plan: PipelinePlan) -> tuple[ComponentSpec, ComponentSpec]:
     c = cfg.latent_channels
     info = {"latent_channels": c, "vae_scale_factor": 2 ** (len(cfg.block_out_channels) - 1),
             "scaling_factor": float(cfg.scaling_factor),
-            "shift_factor": float(cfg.shift_factor) if getattr(cfg, "shift_factor", None) is not None else 0.0}
+            "shift_factor": float(cfg.shift_factor) if getattr(cfg, "shift_factor", None) is not None else 0.0,
+            "sample_size": cfg.sample_size if isinstance(cfg.sample_size, int) else int(cfg.sample_size[0])}
     latent = ("batch", c, "latent_height", "latent_width")
     image = ("batch", cfg.in_channels, "height", "width")
     dec = ComponentSpec("vae_decoder", wrappers.VaeDecoder(vae), [TensorSpec("latent", "float32", latent)],
@@ -291,6 +292,7 @@ def pipeline_config(plan: PipelinePlan, info: dict[str, dict[str, Any]], tokeniz
         "vae_scale_factor": f,
         "scaling_factor": vae["scaling_factor"],
         "shift_factor": vae["shift_factor"],
+        "vae_sample_size": vae["sample_size"],
         "default_height": sample_h * f,
         "default_width": sample_w * f,
         "size_multiple": multiple,
