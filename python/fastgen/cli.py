@@ -49,6 +49,7 @@ _RUNTIME_COMMANDS = {
     "info": ("fastgen.commands.info", "print an engine directory's manifest"),
     "caption": ("fastgen.commands.caption", "caption images with a captioning engine"),
     "serve": ("fastgen.commands.serve", "serve engines over HTTP"),
+    "eval": ("fastgen.commands.eval", "quality gate: PSNR / SSIM / accuracy / speed of configuration B against A"),
 }
 
 
