@@ -1,5 +1,6 @@
 """The C++ core outside the schedulers: Philox noise, the sampling loop, guidance, errors."""
 
+import os
 import threading
 
 import numpy as np
@@ -164,6 +165,35 @@ def test_loop_releases_gil_and_is_reentrant_across_threads():
             s, fastgen.randn((1, 4, 16, 16), seed=k), model, guidance_scale=3.0))
 
 
+# ------------------------------------------------------------------------------ C++ exceptions
+
+@pytest.mark.parametrize("kind,err,match", [
+    ("bad_alloc", fastgen.ResourceError, "out of memory"),
+    ("length_error", fastgen.ResourceError, "too large"),
+    ("logic_error", fastgen.FastgenError, "internal error: a broken invariant"),
+    ("out_of_range", fastgen.FastgenError, "internal error: map::at"),
+    ("runtime_error", fastgen.FastgenError, "internal error: something failed"),
+    ("int", fastgen.FastgenError, "unknown C\\+\\+ exception"),
+    ("concurrent", fastgen.ConcurrentUseError, "busy"),
+    ("cast_error", fastgen.InvalidArgumentError, "wrong argument type"),
+])
+def test_every_cpp_exception_is_a_fastgen_error(kind, err, match):
+    with pytest.raises(err, match=match) as e:
+        fastgen._core._throw_for_tests(kind)
+    assert isinstance(e.value, fastgen.FastgenError)
+    if err is fastgen.ResourceError:
+        assert isinstance(e.value, MemoryError)
+
+
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="AddressSanitizer aborts on a failed operator new instead of throwing std::bad_alloc")
+def test_out_of_memory_is_a_resource_error():
+    with pytest.raises(fastgen.ResourceError) as e:
+        fastgen._core.FrameRing(2**40, 3, 64, 64)  # 54 PB
+    assert isinstance(e.value, MemoryError)
+    assert fastgen.ResourceError is fastgen.errors.ResourceError
+
+
 # ------------------------------------------------------------------------------------ bad input
 
 def _ready():
@@ -201,8 +231,9 @@ def test_loop_propagates_denoise_exceptions():
     def boom(x, t):
         raise RuntimeError("network failed")
 
-    with pytest.raises(RuntimeError, match="network failed"):
+    with pytest.raises(RuntimeError, match="network failed") as e:
         fastgen.sample_loop(_ready(), np.zeros((1, 4, 4, 4), np.float32), boom)
+    assert type(e.value) is RuntimeError  # the user's exception, not a translated one
 
 
 def test_loop_requires_timesteps():
