@@ -1,7 +1,9 @@
 """The C++ core outside the schedulers: Philox noise, the sampling loop, guidance, errors."""
 
 import os
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -163,6 +165,175 @@ def test_loop_releases_gil_and_is_reentrant_across_threads():
         s.set_timesteps(20)
         np.testing.assert_array_equal(results[k], fastgen.sample_loop(
             s, fastgen.randn((1, 4, 16, 16), seed=k), model, guidance_scale=3.0))
+
+
+# ------------------------------------------------------------------- a scheduler used concurrently
+
+def _reference(steps, lat, g=3.0):
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(steps)
+    return fastgen.sample_loop(s, lat, model, guidance_scale=g)
+
+
+def _attempts(s, x):
+    """Every call that a running loop must refuse, by name."""
+    t = float(s.timesteps[0])
+    return {
+        "set_timesteps": lambda: s.set_timesteps(7),
+        "set_begin_index": lambda: s.set_begin_index(1),
+        "manual_seed": lambda: s.manual_seed(3),
+        "step": lambda: s.step(x, t, x),
+        "sample_loop": lambda: fastgen.sample_loop(s, x, model),
+        "video_sample_loop": lambda: fastgen._core.video_sample_loop(
+            s.impl, x[:, :, None], lambda v, t, start: v, 16, 4, "pyramid", 1.0),
+    }
+
+
+def test_scheduler_refuses_a_second_user_from_its_loops_callbacks():
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(6)
+    lat = fastgen.randn((1, 4, 8, 8), seed=2)
+    refused, reads = {}, []
+
+    def denoise(x, t):
+        if not refused:
+            for name, call in _attempts(s, lat).items():
+                with pytest.raises(fastgen.ConcurrentUseError, match="clone") as e:
+                    call()
+                refused[name] = str(e.value)
+            # reads are allowed from the loop's own thread (the loop waits for this callback)
+            reads.append((s.step_index, s.add_noise(lat, lat, t).shape, s.scale_model_input(lat, t).shape,
+                          list(s.timesteps), s.begin_index, s.clone().class_name))
+        return model(x, t)
+
+    def callback(i, t, latents):
+        with pytest.raises(fastgen.ConcurrentUseError):
+            s.set_timesteps(3)
+        reads.append(s.step_index)
+
+    got = fastgen.sample_loop(s, lat, denoise, guidance_scale=3.0, callback=callback)
+    assert sorted(refused) == sorted(_attempts(s, lat))
+    assert "DDIMScheduler.set_timesteps(): this scheduler is in use by a running sample_loop" in refused["set_timesteps"]
+    assert reads[0][0] is None and reads[1:] == [1, 2, 3, 4, 5, 6]
+    # the refused calls changed nothing: the loop's result is the undisturbed one
+    np.testing.assert_array_equal(got, _reference(6, lat))
+    # once the loop is over the scheduler is free again
+    s.set_timesteps(4)
+    assert len(s.timesteps) == 4 and s.step_index is None
+
+
+def test_video_loop_refuses_a_second_user():
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(3)
+    lat = fastgen.randn((1, 4, 10, 2, 2), seed=0)
+    calls = []
+
+    def denoise(x, t, start):
+        with pytest.raises(fastgen.ConcurrentUseError, match="video_sample_loop"):
+            s.set_timesteps(5)
+        with pytest.raises(fastgen.ConcurrentUseError):
+            fastgen._core.video_sample_loop(s.impl, lat, lambda *a: a[0], 8, 4, "pyramid", 1.0)
+        calls.append(start)
+        return x
+
+    fastgen._core.video_sample_loop(s.impl, lat, denoise, 8, 4, "pyramid", 1.0)
+    assert calls == [0, 2] * 3
+    s.set_timesteps(5)
+
+
+def test_scheduler_shared_by_two_threads():
+    """Thread A runs a loop (the GIL released in its steps); thread B may not touch A's scheduler, only a clone."""
+    steps = 12
+    s = schedulers.from_config(SD_DDIM)
+    s.set_timesteps(steps)
+    lat = fastgen.randn((2, 4, 64, 64), seed=5)
+    want = _reference(steps, lat)
+    inside, go = threading.Event(), threading.Event()
+    out = {}
+
+    def denoise(x, t):
+        if not inside.is_set():
+            inside.set()
+            assert go.wait(60)
+        return model(x, t)
+
+    def run_a():
+        try:
+            out["a"] = fastgen.sample_loop(s, lat, denoise, guidance_scale=3.0)
+        except BaseException as e:  # noqa: BLE001  (reported below)
+            out["a"] = e
+
+    a = threading.Thread(target=run_a)
+    a.start()
+    assert inside.wait(60)
+    # A waits inside its loop: every other use of its scheduler from this thread is refused ...
+    for name, call in _attempts(s, lat).items():
+        with pytest.raises(fastgen.ConcurrentUseError, match="another thread.*clone"):
+            call()
+    for read in (lambda: s.step_index, lambda: s.add_noise(lat, lat, 1), lambda: s.scale_model_input(lat, 1)):
+        with pytest.raises(fastgen.ConcurrentUseError, match="another thread"):
+            read()
+    # ... while a clone runs concurrently, and reads of the schedule stay allowed
+    c = s.clone()
+    c.set_timesteps(steps)
+    np.testing.assert_array_equal(fastgen.sample_loop(c, lat, model, guidance_scale=3.0), want)
+    assert list(s.timesteps) == list(c.timesteps) and s.num_inference_steps == steps
+    # now let A run its GIL-released steps while this thread keeps trying to step its scheduler
+    go.set()
+    refused = 0
+    while a.is_alive():
+        try:
+            s.step(lat, 1, lat)
+        except fastgen.ConcurrentUseError:
+            refused += 1
+        except fastgen.ScheduleError:
+            pass  # A is done: the schedule has no timestep 1
+    a.join()
+    assert not isinstance(out["a"], BaseException), out["a"]
+    np.testing.assert_array_equal(out["a"], want)  # A was never disturbed
+    assert refused >= 1
+
+
+def test_scheduler_step_is_guarded_across_threads():
+    """Two threads stepping one scheduler: while one step runs (GIL released), the other is refused (and
+    nothing crashes: without the guard, set_timesteps freed the buffers a running step reads)."""
+    s = schedulers.from_config(dict(SD_DDIM, _class_name="EulerDiscreteScheduler"))
+    x = fastgen.randn((4, 4, 128, 128), seed=1)
+    errors, ok = [], [0]
+
+    def worker():
+        for _ in range(40):
+            try:
+                s.set_timesteps(5)
+                for t in s.timesteps:
+                    s.step(x, t, s.scale_model_input(x, t))
+                ok[0] += 1
+            except fastgen.ConcurrentUseError as e:
+                errors.append(e)
+            except fastgen.ScheduleError:
+                pass  # the other thread reset or advanced the schedule between two of this thread's calls
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    # each thread takes the GIL whenever the other releases it inside a step: collisions are certain
+    assert errors and ok[0] >= 1 and all("clone" in str(e) for e in errors)
+    assert not s.impl.in_use
+
+
+def test_guard_released_after_errors():
+    s = _ready()
+
+    def boom(x, t):
+        raise KeyError("network failed")
+
+    with pytest.raises(KeyError):
+        fastgen.sample_loop(s, np.zeros((1, 4, 4, 4), np.float32), boom)
+    with pytest.raises(fastgen.ShapeError):
+        fastgen.sample_loop(s, np.zeros((1, 4, 4, 4), np.float32), lambda x, t: x[:1])
+    assert not s.impl.in_use
+    s.set_timesteps(5)
+    fastgen.sample_loop(s, np.zeros((1, 4, 4, 4), np.float32), model)
 
 
 # ------------------------------------------------------------------------------ C++ exceptions

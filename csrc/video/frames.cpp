@@ -36,6 +36,7 @@ std::vector<float> window_weights(int length, WindowWeighting kind) {
 
 int video_sample_loop(Scheduler& s, float* latents, const VideoLoopShape& sh, float* x_in,
                       const WindowDenoiseFn& denoise, const StepCallback& callback, const LoopOptions& opt) {
+  const auto busy = s.use("video_sample_loop");  // the whole loop: no other step, reset or loop meanwhile
   const auto& ts = s.timesteps();
   if (ts.empty()) throw ScheduleError(s.class_name() + ": call set_timesteps() before sampling");
   const std::vector<int> starts = context_windows(static_cast<int>(sh.frames), sh.context_length, sh.context_stride);

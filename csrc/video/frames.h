@@ -39,6 +39,7 @@ struct VideoLoopShape {
 // blended into one preallocated accumulator with its per-frame weights, normalised by the summed
 // weights, and the scheduler steps the whole video. With one window (frames <= context_length)
 // this is exactly the plain loop. `x_in` holds (cfg ? 2 : 1) * batch * channels * window * hw floats.
+// Like sample_loop, it claims the scheduler until it returns.
 int video_sample_loop(Scheduler& s, float* latents, const VideoLoopShape& shape, float* x_in,
                       const WindowDenoiseFn& denoise, const StepCallback& callback, const LoopOptions& opt);
 
