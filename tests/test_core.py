@@ -336,6 +336,55 @@ def test_guard_released_after_errors():
     fastgen.sample_loop(s, np.zeros((1, 4, 4, 4), np.float32), model)
 
 
+# ------------------------------------------------------------------------------- step callbacks
+
+@pytest.mark.parametrize("ret", ["yes", 3, 1, 0, 1.0, [], {"latents": None}, object()])
+def test_step_callback_must_return_a_bool(ret):
+    name = type(ret).__name__
+
+    def my_callback(i, t, latents):
+        return ret
+
+    with pytest.raises(fastgen.InvalidArgumentError, match=rf"my_callback.*returned {name}$"):
+        fastgen.sample_loop(_ready(), np.zeros((1, 4, 4, 4), np.float32), model, callback=my_callback)
+    s = _ready()
+    with pytest.raises(fastgen.InvalidArgumentError, match=rf"my_callback.*returned {name}$"):
+        fastgen._core.video_sample_loop(s.impl, np.zeros((1, 4, 3, 2, 2), np.float32), lambda x, t, start: x, 8, 4,
+                                        "pyramid", 1.0, 0.0, 0.0, my_callback)
+    assert not s.impl.in_use
+
+
+@pytest.mark.parametrize("ret,steps", [(None, 5), (True, 5), (np.True_, 5), (False, 1), (np.False_, 1)])
+def test_step_callback_none_or_bool(ret, steps):
+    seen = []
+
+    def cb(i, t, latents):
+        seen.append(i)
+        return ret
+
+    fastgen.sample_loop(_ready(), np.zeros((1, 4, 4, 4), np.float32), model, callback=cb)
+    assert len(seen) == steps
+    seen.clear()
+    fastgen._core.video_sample_loop(_ready().impl, np.zeros((1, 4, 3, 2, 2), np.float32), lambda x, t, start: x,
+                                    8, 4, "pyramid", 1.0, 0.0, 0.0, cb)
+    assert len(seen) == steps
+
+
+def test_callback_exceptions_propagate_unchanged():
+    class MyError(Exception):
+        pass
+
+    def cb(i, t, latents):
+        raise MyError("stop here")
+
+    for call in (lambda: fastgen.sample_loop(_ready(), np.zeros((1, 4, 4, 4), np.float32), model, callback=cb),
+                 lambda: fastgen._core.video_sample_loop(_ready().impl, np.zeros((1, 4, 3, 2, 2), np.float32),
+                                                         lambda x, t, start: x, 8, 4, "pyramid", 1.0, 0.0, 0.0, cb)):
+        with pytest.raises(MyError, match="stop here") as e:
+            call()
+        assert type(e.value) is MyError
+
+
 # ------------------------------------------------------------------------------ C++ exceptions
 
 @pytest.mark.parametrize("kind,err,match", [

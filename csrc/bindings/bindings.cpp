@@ -39,12 +39,37 @@ const float* checked_prediction(const py::object& result, ssize_t expect, const 
   return arr.data();
 }
 
+namespace {
+PyObject* numpy_bool_type = nullptr;  // numpy.bool_, set when the module loads
+
+std::string type_name(const py::handle& obj) { return py::str(py::type::of(obj).attr("__name__")); }
+
+std::string callable_name(const py::handle& fn) {
+  for (const char* attr : {"__qualname__", "__name__"})
+    if (py::hasattr(fn, attr)) return py::str(fn.attr(attr));
+  return type_name(fn);
+}
+}  // namespace
+
+bool continue_after(const py::handle& callback, const py::handle& result) {
+  if (result.is_none() || result.ptr() == Py_True) return true;
+  if (result.ptr() == Py_False) return false;
+  if (numpy_bool_type && PyObject_TypeCheck(result.ptr(), reinterpret_cast<PyTypeObject*>(numpy_bool_type))) {
+    const int truth = PyObject_IsTrue(result.ptr());
+    if (truth < 0) throw py::error_already_set();
+    return truth == 1;
+  }
+  throw ArgumentError("the step callback " + callable_name(callback) +
+                      "(step, t, latents) must return None or True to continue, or False to stop; it returned " +
+                      type_name(result));
+}
+
 StepCallback python_step_callback(const py::object& callback, const py::array& latents) {
   if (callback.is_none()) return {};
   return [&callback, &latents](int step, double t, float*) -> bool {
     py::gil_scoped_acquire gil;
     py::object r = callback(step, py::float_(t), latents);
-    return r.is_none() || py::cast<bool>(r);
+    return continue_after(callback, r);
   };
 }
 
@@ -83,6 +108,7 @@ PYBIND11_MODULE(_core, m) {
 #else
   m.attr("simd") = "scalar";
 #endif
+  py_bind::numpy_bool_type = py::object(py::module_::import("numpy").attr("bool_")).release().ptr();
   // Map C++ exceptions onto the Python hierarchy in fastgen.errors (a pure-Python module): every C++
   // exception becomes a fastgen.FastgenError subclass. Python exceptions (a callback's, numpy's) pass
   // through unchanged. Local: the translator applies to this module's functions only, never to other
