@@ -150,6 +150,45 @@ def test_loop_does_not_modify_input_and_denoise_arrays_stay_valid():
 
 
 def test_loop_releases_gil_and_is_reentrant_across_threads():
+    # A second Python thread must make progress while the loop is inside its C++ steps. The switch
+    # interval is raised far above the loop's run time, so a thread holding the GIL is never forced
+    # to give it up: if the loop kept the GIL during its steps, the counter could not advance between
+    # two denoise() calls (which do no work that releases the GIL: they return a ready array).
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(30.0)
+    try:
+        counter = [0]
+        started, done = threading.Event(), threading.Event()
+
+        def spin():
+            started.set()
+            while not done.is_set():
+                counter[0] += 1
+                time.sleep(0.0002)  # releases the GIL; taking it back needs a free GIL
+
+        s = schedulers.from_config(SD_DDIM)
+        s.set_timesteps(20)
+        lat = fastgen.randn((2, 4, 512, 512), seed=0)  # about 2 ms per C++ step
+        pred = np.zeros((4, 4, 512, 512), np.float32)
+        seen = []
+
+        def denoise(x, t):
+            seen.append(counter[0])
+            return pred
+
+        spinner = threading.Thread(target=spin)
+        spinner.start()
+        started.wait()
+        try:
+            fastgen.sample_loop(s, lat, denoise, guidance_scale=3.0)
+        finally:
+            done.set()
+            spinner.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+    progress = [b - a for a, b in zip(seen, seen[1:])]
+    assert sum(progress) > 0, f"no progress of the other thread during the C++ steps: {progress}"
+
     results = {}
 
     def run(k):
