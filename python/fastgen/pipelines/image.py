@@ -8,7 +8,6 @@ defaults), not a subclass; the denoising loop runs in the C++ core.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -298,9 +297,4 @@ class ImagePipeline(Pipeline):
         return x.astype(np.float32), blend, {}
 
 
-def replace(req: ImageRequest, **changes) -> ImageRequest:
-    """A variant of a validated request (e.g. the server's merged batch); not re-validated."""
-    return dataclasses.replace(req, **changes)
-
-
-__all__ = ["ImagePipeline", "Family", "FAMILIES", "Conditioning", "replace"]
+__all__ = ["ImagePipeline", "Family", "FAMILIES", "pipeline_class"]
