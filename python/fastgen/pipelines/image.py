@@ -23,7 +23,7 @@ from ..requests import ImageRequest
 from ..sampling import randn, sample_loop
 from ..schedulers import Scheduler
 from .base import Components, Pipeline
-from .stages import (Conditioning, ImageGeometry, check_prompt_batch, check_steps_guidance, SD3PromptEncoder, SDPromptEncoder, SDXLPromptEncoder, Schedulers,
+from .stages import (ImageGeometry, check_prompt_batch, check_steps_guidance, SD3PromptEncoder, SDPromptEncoder, SDXLPromptEncoder, Schedulers,
                      TextEncoders, Vae, tile_rows)
 
 OUTPUT_TYPES = ("pil", "np", "latent")
