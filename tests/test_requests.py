@@ -232,7 +232,7 @@ def test_cli_has_no_phantom_commands_and_reports_bad_input(tmp_path):
     from fastgen.cli import build_parser, main
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"export", "build-trt", "optimize", "generate", "info", "caption", "serve"}
+    assert set(sub.choices) == {"export", "build-trt", "optimize", "generate", "info", "caption", "serve", "eval"}
     assert main(["generate", "x", "--steps", "0", "-o", str(tmp_path / "a.png")]) == 2
     (tmp_path / "file").write_text("")
     assert main(["generate", "x", "--steps", "1", "-o", str(tmp_path / "file" / "a.png")]) == 2

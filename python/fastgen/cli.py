@@ -53,6 +53,7 @@ _RUNTIME_COMMANDS = {
     "info": ("fastgen.commands.info", "print an engine directory's manifest"),
     "caption": ("fastgen.commands.caption", "caption images with a captioning engine"),
     "serve": ("fastgen.commands.serve", "serve engines over HTTP"),
+    "eval": ("fastgen.commands.eval", "quality gate: PSNR / SSIM / accuracy / speed of configuration B against A"),
 }
 
 
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fastgen info --json | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
   native bf16, else in f32 (see float_hint).
 - **Static shapes.** Each distinct set of input shapes gets its own compiled model (the graph reshaped to
   those shapes and compiled), built on first use and kept in a bounded LRU per session. OpenVINO runs a
-  static-shape model faster than the dynamic one, and a service sees few shapes.
+  static-shape model faster than the dynamic one, and a service sees few shapes. A captioner's KV-cache
+  decoder (inputs ``past_key_values.*``), whose past length grows every token, is compiled once with
+  dynamic shapes instead.
 - **Compile cache on disk.** Compiled blobs go to OpenVINO's ``CACHE_DIR``
   (``$FASTGEN_CACHE_DIR/openvino/<precision>``, default ``~/.cache/fastgen/openvino/<precision>``), so a
   restarted service loads them instead of compiling again.
@@ -98,7 +100,7 @@ class OvSession(Session):
     """One component on OpenVINO's CPU plugin, compiled per input shape."""
 
     def __init__(self, name: str, path: str, *, precision: str = "fp32", threads: int | None = None,
-                 max_shapes: int = DEFAULT_MAX_SHAPES):
+                 max_shapes: int = DEFAULT_MAX_SHAPES, static_shapes: bool | None = None):
         self.name, self.path = name, path
         self.precision = resolve_precision(precision)
         self.float_precision = float_hint(self.precision)
@@ -111,6 +113,9 @@ class OvSession(Session):
             raise ModelLoadError(f"component {name!r}: OpenVINO could not read {path}: {e}") from e
         self._inputs = {p.get_any_name(): p for p in self._model.inputs}
         self._outputs = [p.get_any_name() for p in self._model.outputs]
+        # a KV-cache decoder sees a new past length every token: one dynamic compile serves them all
+        self.static_shapes = (not any(k.startswith("past_key_values") for k in self._inputs)
+                              if static_shapes is None else bool(static_shapes))
         self._config = {
             "INFERENCE_PRECISION_HINT": self.float_precision,
             "NUM_STREAMS": "1",
@@ -152,7 +157,7 @@ class OvSession(Session):
 
     def compiled(self, feeds: dict[str, np.ndarray]):
         """The compiled model for these input shapes (LRU; compiled or loaded from the cache on first use)."""
-        key = tuple((k, feeds[k].shape) for k in self._inputs)
+        key = tuple((k, feeds[k].shape if self.static_shapes else None) for k in self._inputs)
         with self._lock:
             cm = self._compiled.get(key)
             if cm is not None:
@@ -163,8 +168,10 @@ class OvSession(Session):
             with self._lock:
                 cm = self._compiled.get(key)
             if cm is None:
-                model = self._model.clone()
-                model.reshape({k: _ov().PartialShape(list(shape)) for k, shape in key})
+                model = self._model
+                if self.static_shapes:
+                    model = model.clone()
+                    model.reshape({k: _ov().PartialShape(list(shape)) for k, shape in key})
                 try:
                     cm = core(self._cache).compile_model(model, "CPU", self._config)
                 except Exception as e:

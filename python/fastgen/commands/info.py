@@ -9,16 +9,17 @@ import os
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", nargs="?", default="demo")
-    p.add_argument("--json", action="store_true", help="print fastgen.json as is")
+    p.add_argument("--json", action="store_true", help="print fastgen.json as is (after validating it)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..manifest import load_manifest
+    from ..manifest import MANIFEST_NAME, load_manifest
     from ..pipelines.base import resolve_engine_dir
 
-    m = load_manifest(resolve_engine_dir(args.engine_dir))
-    if args.json:
-        print(json.dumps(m.data, indent=2))
+    m = load_manifest(resolve_engine_dir(args.engine_dir))  # validates the file first
+    if args.json:  # the file's own text, not the normalised values (1 stays 1, not 1.0)
+        with open(os.path.join(m.root, MANIFEST_NAME), encoding="utf-8") as f:
+            print(json.dumps(json.load(f), indent=2))
         return 0
     src = m.data.get("source", {})
     exp = m.data.get("exporter", {})

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _core
 from .. import image as imgproc
-from .._args import check_int, check_prompts, check_size_pair
+from .._args import check_float, check_int, check_prompts, check_size_pair
 from ..errors import InvalidArgumentError, ManifestError
 from ..schedulers import Scheduler, from_config
 from ..tokenizer import PromptTokenizer
@@ -74,6 +74,31 @@ class ImageGeometry:
 
     def latent_hw(self, height: int, width: int) -> tuple[int, int]:
         return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+
+# ------------------------------------------------------------------------------------ common arguments
+
+def check_prompt_batch(prompt: Any, negative_prompt: Any, per_prompt_name: str, per_prompt: Any,
+                       limit: int) -> tuple[list[str], list[str] | None, int]:
+    """(prompts, negative prompts or None, outputs per prompt) of a prompt-driven call; at most ``limit``
+    outputs in all."""
+    if prompt is None:
+        raise InvalidArgumentError("prompt is required: a string or a non-empty list of strings")
+    prompts = check_prompts("prompt", prompt)
+    negatives = None if negative_prompt is None else check_prompts("negative_prompt", negative_prompt, len(prompts))
+    n = check_int(per_prompt_name, per_prompt, 1, limit)
+    if len(prompts) * n > limit:
+        raise InvalidArgumentError(f"{len(prompts)} prompts x {per_prompt_name}={n} exceeds the limit of {limit} "
+                                   "outputs per call")
+    return prompts, negatives, n
+
+
+def check_steps_guidance(pipe, num_inference_steps: Any, guidance_scale: Any) -> tuple[int, float]:
+    """The call's steps and guidance scale, or the engine's defaults (``pipe.default_steps`` / ``_guidance``)."""
+    steps = pipe.default_steps if num_inference_steps is None else check_int(
+        "num_inference_steps", num_inference_steps, 1, 1000)
+    g = pipe.default_guidance if guidance_scale is None else check_float("guidance_scale", guidance_scale, 0.0)
+    return steps, g
 
 
 # ------------------------------------------------------------------------------------ text
@@ -262,10 +287,17 @@ class Schedulers:
 class Vae:
     """VAE encode / decode with the engine's scaling factor and shift (diffusers' order of operations)."""
 
+    # diffusers' AutoencoderKL tiling: tiles of the VAE's sample_size pixels (its config; 512 for SD 1.x /
+    # 2.x, 1024 for SDXL), overlapping by a quarter, blended linearly over the overlap
+    TILE_OVERLAP = 0.25
+
     def __init__(self, session: SessionGetter, config: dict):
         self.session = session
         self.scaling_factor = _config_number(config, "scaling_factor", float)
         self.shift_factor = float(config.get("shift_factor") or 0.0)
+        factor = _config_number(config, "vae_scale_factor", int)
+        self.tile_sample_size = int(config.get("vae_sample_size") or 512)
+        self.tile_latent_size = max(1, self.tile_sample_size // factor)
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """NCHW [-1, 1] -> scaled latents (the latent distribution's mean)."""
@@ -276,10 +308,35 @@ class Vae:
         """The unscaled latent mean (SVD conditions on it)."""
         return self.session("vae_encoder").run({"sample": pixels}, ["latent_mean"])["latent_mean"]
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        """Scaled latents NCHW -> NHWC float32 images in [0, 1]."""
+    def decode(self, latents: np.ndarray, *, tiling: bool = False) -> np.ndarray:
+        """Scaled latents NCHW -> NHWC float32 images in [0, 1]. ``tiling``: decode latents larger than one
+        tile in overlapping tiles, as diffusers' ``vae.enable_tiling()`` (bounded memory, equal results)."""
         z = (latents / np.float32(self.scaling_factor) + np.float32(self.shift_factor)).astype(np.float32)
+        t = self.tile_latent_size
+        if tiling and (z.shape[-1] > t or z.shape[-2] > t):
+            return imgproc.postprocess(self._tiled_decode(z))
         return imgproc.postprocess(self._decode(z))
+
+    def _tiled_decode(self, z: np.ndarray) -> np.ndarray:
+        """diffusers' AutoencoderKL.tiled_decode: tiles of tile_latent_size latents every 3/4 tile, each
+        blended with the tile above and the tile to the left over the overlap, then cropped."""
+        t, ts = self.tile_latent_size, self.tile_sample_size
+        overlap = int(t * (1 - self.TILE_OVERLAP))
+        blend = int(ts * self.TILE_OVERLAP)
+        limit = ts - blend
+        rows = [[self._decode(np.ascontiguousarray(z[:, :, i:i + t, j:j + t]))
+                 for j in range(0, z.shape[3], overlap)] for i in range(0, z.shape[2], overlap)]
+        out_rows = []
+        for i, row in enumerate(rows):
+            out_row = []
+            for j, tile in enumerate(row):
+                if i > 0:
+                    _blend(rows[i - 1][j], tile, blend, axis=2)
+                if j > 0:
+                    _blend(row[j - 1], tile, blend, axis=3)
+                out_row.append(tile[:, :, :limit, :limit])
+            out_rows.append(np.concatenate(out_row, axis=3))
+        return np.concatenate(out_rows, axis=2)
 
     def _decode(self, z: np.ndarray) -> np.ndarray:
         return self.session("vae_decoder").run({"latent": z}, ["sample"])["sample"]
@@ -306,6 +363,16 @@ class Vae:
             del out, z
             while len(ring):
                 yield ring.pop(h, w)
+
+
+def _blend(a: np.ndarray, b: np.ndarray, extent: int, axis: int) -> None:
+    """diffusers' blend_v (axis 2) / blend_h (axis 3), in place on ``b``, in float32 as torch computes it."""
+    extent = min(a.shape[axis], b.shape[axis], extent)
+    for y in range(extent):
+        sa = [slice(None)] * 4
+        sb = [slice(None)] * 4
+        sa[axis], sb[axis] = -extent + y, y
+        b[tuple(sb)] = a[tuple(sa)] * np.float32(1 - y / extent) + b[tuple(sb)] * np.float32(y / extent)
 
 
 def tile_rows(x: np.ndarray, batch: int, what: str) -> np.ndarray:
