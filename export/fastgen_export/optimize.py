@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from fastgen.errors import ExportError, FastgenError, InvalidArgumentError, UnsupportedError
+from fastgen.pipelines.base import Components
 
 from .manifest import read_manifest, utc_now, write_manifest
 
@@ -160,6 +161,24 @@ class _Recorder:
         self._copies.clear()
 
 
+class _RecordingComponents(Components):
+    """A calibration run's own sessions on ONNX Runtime fp32 (never shared with other pipelines); the
+    sessions of the ``recorded`` components are wrapped in a :class:`_Recorder` appending to ``samples``."""
+
+    def __init__(self, manifest, recorded: Sequence[str], samples: list):
+        super().__init__(manifest, "onnxruntime", "cpu", None, None)
+        self.recorders: dict[str, _Recorder | None] = {name: None for name in recorded}
+        self.samples = samples
+
+    def session(self, name):
+        s = super().session(name)
+        if name not in self.recorders:
+            return s
+        if self.recorders[name] is None:
+            self.recorders[name] = _Recorder(s, self.samples)
+        return self.recorders[name]
+
+
 def _calibration_inputs(pipe, h: int, w: int) -> dict[str, Any]:
     """Extra call arguments an engine needs (an inpainting UNet needs an image and a mask): a synthetic
     image of 4x4 coloured blocks and a centred rectangle."""
@@ -180,29 +199,15 @@ def capture_denoiser_inputs(engine_dir: str, prompts: Sequence[str], *, steps: i
     every step. Returns (samples, the settings used)."""
     import fastgen
     from fastgen.manifest import load_manifest
-    from fastgen.pipelines.base import Components, pipeline_class
+    from fastgen.pipelines.base import pipeline_class
+    from fastgen.pipelines.image import FAMILIES
 
     log = _log_to(log)
     manifest = load_manifest(engine_dir)
-    pipe_cls = pipeline_class(manifest)
-    samples: list[dict] = []
-    recorders: dict[str, _Recorder] = {}
-
-    class RecordingComponents(Components):
-        """This run's own sessions (never shared), the denoiser's wrapped in a recorder."""
-
-        def session(self, name):
-            s = super().session(name)
-            if name != denoiser:
-                return s
-            if name not in recorders:
-                recorders[name] = _Recorder(s, samples)
-            return recorders[name]
-
-    from fastgen.pipelines.image import FAMILIES
-
     denoiser = FAMILIES[manifest.family or "sd"].denoiser
-    pipe = pipe_cls(RecordingComponents(manifest, "onnxruntime", "cpu", None, None))
+    samples: list[dict] = []
+    comps = _RecordingComponents(manifest, [denoiser], samples)
+    pipe = pipeline_class(manifest)(comps)
     h = pipe.geometry.default_height if height is None else height
     w = pipe.geometry.default_width if width is None else width
     kw: dict[str, Any] = dict(num_inference_steps=steps, output_type="latent", height=h, width=w,
@@ -213,8 +218,9 @@ def capture_denoiser_inputs(engine_dir: str, prompts: Sequence[str], *, steps: i
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
         pipe(prompt, seed=seed + i, **kw)
-        for r in recorders.values():
-            r.forget()
+        for r in comps.recorders.values():
+            if r is not None:
+                r.forget()
         log(f"  calibration run {i + 1}/{len(prompts)}: {len(samples)} {denoiser} inputs recorded "
             f"({time.perf_counter() - t0:.1f} s)")
     pipe.close()

@@ -156,7 +156,7 @@ def read_onnx(path: str):
 
 
 class _Reader:
-    """An onnxruntime.quantization CalibrationDataReader over recorded feeds."""
+    """A calibration data reader for onnxruntime.quantization (duck-typed: it only calls get_next)."""
 
     def __init__(self, samples: Samples):
         self._samples = list(samples)
@@ -199,16 +199,13 @@ def qdq_quantize(onnx_in: str, onnx_out: str, samples: Samples, *, float_inputs:
     """ONNX Runtime static quantization, QDQ format: per-channel int8 weights, uint8 activations (MinMax),
     for the Conv / MatMul / Gemm nodes except those reading ``float_inputs`` (the noisy latent)."""
     try:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
         from onnxruntime.quantization import quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as e:
         raise UnsupportedError(f"--int8-format ort-qdq needs onnxruntime's quantization tools (and onnx): {e}") from e
     if not samples:
         raise ExportError("static quantization needs calibration samples; none were recorded")
-
-    class Reader(_Reader, CalibrationDataReader):
-        pass
 
     os.makedirs(os.path.dirname(onnx_out), exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="qdq-pre-", dir=work_dir)  # the pre-processed graph and its weights
@@ -221,7 +218,7 @@ def qdq_quantize(onnx_in: str, onnx_out: str, samples: Samples, *, float_inputs:
         exclude = onnx_input_layers(onnx.load(pre, load_external_data=False), float_inputs)
         if log:
             log(f"  ONNX Runtime QDQ calibration over {len(samples)} samples; float: {', '.join(exclude) or 'none'}")
-        quantize_static(pre, onnx_out, Reader(samples), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(pre, onnx_out, _Reader(samples), quant_format=QuantFormat.QDQ, per_channel=True,
                         op_types_to_quantize=list(QDQ_OP_TYPES), nodes_to_exclude=exclude,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external_data)
