@@ -195,7 +195,7 @@ def test_damaged_variant_files_are_refused(optimized, tmp_path):
         pipe("a red circle on a blue background", num_inference_steps=1, seed=0)
     data["variants"] = ["int8"]
     _write(engine, data)
-    with pytest.raises(fastgen.ManifestError, match="'variants' must be an object"):
+    with pytest.raises(fastgen.ManifestError, match="variants must be an object"):
         fastgen.Pipeline.load(engine, backend="openvino", precision="int8")
 
 
