@@ -156,6 +156,49 @@ def video(records: list[dict], path: str) -> str | None:
     return _save(fig, path)
 
 
+CPU_SHADES = {"diffusers": ("#d9822b", "#f0b27a"), "optimum": ("#8e44ad", "#c39bd3"), "fastgen": ("#2b7bd9", "#85b6ee")}
+
+
+def cpu_backends(rec: dict, path: str) -> str | None:
+    """CPU backends (cpu_backends.py): stacked stage bars (s/image) per configuration, and peak RSS."""
+    from report import cpu_row_order
+
+    rows = sorted(rec.get("rows") or [], key=cpu_row_order)
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    x = np.arange(len(rows))
+    stages = ("text_encode", "unet", "vae_decode")
+    shades = ("#7f7f7f", "#4c72b0", "#55a868")
+    for i, r in enumerate(rows):
+        bottom = 0.0
+        for s, c in zip(stages, shades):
+            v = r["min"][s]
+            a1.bar(i, v, 0.65, bottom=bottom, color=c, label=s if i == 0 else None)
+            bottom += v
+        rest = max(0.0, r["min"]["total"] - bottom)
+        a1.bar(i, rest, 0.65, bottom=bottom, color="#c44e52", label="rest" if i == 0 else None)
+        a1.text(i, r["min"]["total"], f"{r['min']['total']:.1f}", ha="center", va="bottom", fontsize=7)
+    labels = [r["config"].replace("-", "\n", 1) for r in rows]
+    a1.set_xticks(x, labels, fontsize=7)
+    a1.set_ylabel("seconds per image (fastest timed call)")
+    a1.legend(fontsize=7)
+    a1.set_title(f"{rec['model']}: {rec['image_size']}px, {rec['steps']} DDIM steps, CFG {rec['guidance_scale']}",
+                 fontsize=9)
+    for i, r in enumerate(rows):
+        a2.bar(i, r["peak_rss_mb"] / 1024, 0.65, color=CPU_SHADES.get(r["framework"], ("#999", "#ccc"))[
+            0 if r["precision"] == "fp32" else 1])
+    a2.set_xticks(x, labels, fontsize=7)
+    a2.set_ylabel("peak RSS, GiB (fresh process)")
+    a2.set_title("Peak resident memory of the generating process", fontsize=9)
+    t = rec.get("targets", {}).get("e2e_best_fastgen_vs_diffusers_fp32", {})
+    sub = f"best fastgen vs diffusers fp32: {t['value']:.1f}x" if t.get("value") else ""
+    fig.suptitle(f"CPU backends: diffusers (torch) vs optimum-intel (OpenVINO) vs fastgen (ORT / OpenVINO). {sub}",
+                 fontsize=10)
+    return _save(fig, path)
+
+
 def all_figures(out: str, results: dict) -> list[str]:
     made = []
     made.append(e2e(results.get("e2e", {}).get("models", []), os.path.join(out, "e2e.png")))
@@ -169,6 +212,8 @@ def all_figures(out: str, results: dict) -> list[str]:
                             results.get("memory", {}).get("models", []), os.path.join(out, "cold_start_memory.png")))
     made.append(captioning(results.get("captioning", {}).get("models", []), os.path.join(out, "captioning.png")))
     made.append(video(results.get("video", {}).get("models", []), os.path.join(out, "video.png")))
+    if results.get("cpu_backends", {}).get("rows"):
+        made.append(cpu_backends(results["cpu_backends"], os.path.join(out, "cpu_backends.png")))
     return [m for m in made if m]
 
 
@@ -177,7 +222,7 @@ def replot(out: str) -> list[str]:
     import json
 
     results = {}
-    for name in ("e2e", "throughput", "batch_scaling", "cold_start", "memory", "captioning", "video"):
+    for name in ("e2e", "throughput", "batch_scaling", "cold_start", "memory", "captioning", "video", "cpu_backends"):
         p = os.path.join(out, f"{name}.json")
         if os.path.isfile(p):
             with open(p) as f:

@@ -175,12 +175,64 @@ def video(d) -> str:
         "speed-up | RSS ratio | max abs diff |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|", rows))
 
 
+def _db(v):
+    return "∞" if v is None else f"{v:.1f}"
+
+
+def cpu_row_order(r) -> tuple:
+    """Sort key of a cpu_backends row: diffusers, optimum, fastgen; onnxruntime first; fp32, bf16, int8."""
+    return ({"diffusers": 0, "optimum": 1, "fastgen": 2}.get(r["framework"], 3), r["backend"] != "onnxruntime",
+            {"fp32": 0, "bf16": 1, "int8": 2}.get(r["precision"], 3))
+
+
+def cpu_backends(d) -> str:
+    """The CPU backends table (cpu_backends.py): stages, peak RSS and PSNR per configuration, the skipped
+    configurations with their reason, then the issue's targets and the demo model's accuracy."""
+    j = _load(d, "cpu_backends")
+    if "status" in j:
+        return j["status"]
+    acc = j.get("accuracy", {})
+    rows = sorted(j.get("rows", []), key=cpu_row_order)
+    out = [f"{j['model']}, {j['image_size']}px, {j['steps']} DDIM steps, CFG {j['guidance_scale']} (UNet batch 2), "
+           f"one image; fastest timed call of {j.get('rounds', 1)} fresh process(es) per configuration. 1-minute load "
+           f"{j['load_avg_1m_start']:.1f} at the start, {j['load_avg_1m_end']:.1f} at the end (2 cores).", "",
+           "| configuration | total s/image | text encode s | UNet s | s / UNet call | VAE decode s | peak RSS MiB | "
+           "PSNR vs fp32 dB | vs diffusers fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = next((r["min"]["total"] for r in rows if r["config"] == "diffusers-fp32"), None)
+    for r in rows:
+        m, a = r["min"], acc.get(r["config"])
+        ps = f"{_db(a['psnr_db'])} (vs {a['reference']})" if a else ""
+        out.append(f"| {r['config']} | {m['total']:.2f} | {m['text_encode']:.3f} | {m['unet']:.2f} | "
+                   f"{r['unet_s_per_call']:.3f} | {m['vae_decode']:.2f} | {r['peak_rss_mb']:.0f} | {ps} | "
+                   f"{_x(base / m['total'] if base else None)} |")
+    for name, why in j.get("skipped", {}).items():
+        out.append(f"| {name} | {why[:160]} | | | | | | | |")
+    out += ["", "| target | measured | target | met |", "|---|---:|---:|---|"]
+    for k, t in j.get("targets", {}).items():
+        v = t["value"]
+        vs = "—" if v is None else (f"{v:.1e}" if k.endswith("max_abs") else f"{v:.2f}x")
+        tg = f"≤ {t['target']:.0e}" if k.endswith("max_abs") else f"≥ {t['target']}x"
+        met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+        out.append(f"| {k} ({t['note']}) | {vs} | {tg} | {met} |")
+    demo = j.get("demo") or {}
+    if demo.get("rows"):
+        out += ["", f"Demo model, {demo['prompts']} prompts, {demo['steps']} steps (tests/test_demo.py's prompts, "
+                    f"seed {demo['seed']}): fraction right. {demo.get('int8', '')}", "",
+                "| backend | precision | background | colour | shape | all | PSNR vs ORT fp32 dB | s / batch |",
+                "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in demo["rows"]:
+            ps = _db(r["psnr_vs_ort_fp32_db"]) if "psnr_vs_ort_fp32_db" in r else ""
+            out.append(f"| {r['backend']} | {r['precision']} | {r['background']:.2f} | {r['color']:.2f} | "
+                       f"{r['shape']:.2f} | {r['all']:.2f} | {ps} | {r['s_per_batch']:.2f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     d = (argv or sys.argv[1:] or ["benchmarks/results"])[0]
     print(header(d) + "\n")
     for title, fn in (("loop overhead", loop_overhead), ("e2e", e2e), ("cold start", cold), ("memory", memory),
                       ("throughput", throughput), ("batch scaling", batch), ("captioning", captioning),
-                      ("video", video)):
+                      ("video", video), ("CPU backends", cpu_backends)):
         try:
             print(f"### {title}\n\n{fn(d)}\n")
         except Exception as e:  # noqa: BLE001

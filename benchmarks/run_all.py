@@ -10,6 +10,12 @@ folder from --demo-src or /work/demo_train; otherwise recorded as skipped). Buil
 cached under --cache, so reruns only measure. ``video``: text-to-video seconds per frame and peak RSS
 (fresh process per configuration) on the tiny AnimateDiff model of models.py (16-frame motion module) at
 16 and 64 frames: fastgen's context windows vs diffusers' FreeNoise beyond the motion length (video.py).
+``cpu_backends`` (cpu_backends.py, issue 16): on the ``sd15`` model at 256 px / 10 steps (quick) or 512 px /
+20 steps (full), fresh processes per configuration: diffusers fp32 / bf16 autocast, optimum-intel's
+OVStableDiffusionPipeline fp32 / bf16 / hybrid int8 (in its own venv, made under --cache on first use by
+peer_env.sh), fastgen onnxruntime fp32 and OpenVINO fp32 / bf16 / int8 (when this build has int8); stage
+times, peak RSS, PSNR against each fp32 counterpart, the demo model's accuracy per precision, the issue's
+target ratios.
 
 With ``--device cuda`` the same benchmarks load fastgen with the CUDA execution provider (TensorRT when
 the engine has plans) and diffusers / transformers on cuda; without a CUDA device every JSON says
@@ -29,7 +35,8 @@ sys.path.insert(0, HERE)
 
 from common import write_json  # noqa: E402
 
-BENCHMARKS = ("loop_overhead", "e2e", "cold_start", "memory", "throughput", "batch_scaling", "captioning", "video")
+BENCHMARKS = ("loop_overhead", "e2e", "cold_start", "memory", "throughput", "batch_scaling", "captioning", "video",
+              "cpu_backends")
 
 # per-mode settings: steps / repeats per model; None = not run in that mode by default
 SETTINGS = {
@@ -39,14 +46,16 @@ SETTINGS = {
               "import_repeat": 3, "callers": (1, 2, 4), "per_caller": 1, "tp_repeat": 1,
               "batches": (1, 2, 4), "cap_images": 4, "cap_tokens": 20, "cap_repeat": 3,
               "tp_models": ["tiny", "demo"],
-              "video": {"frames": (16, 64), "steps": 2, "calls": 2, "processes": 1, "size": 64}},
+              "video": {"frames": (16, 64), "steps": 2, "calls": 2, "processes": 1, "size": 64},
+              "cpu_backends": {"model": "sd15"}},  # 256 px, 10 steps: cpu_backends.MODES
     "full": {"models": ["tiny", "demo", "sd15"], "captioners": ["vit-gpt2-tiny", "blip-tiny", "vit-gpt2-base"],
              "steps": {"tiny": 20, "demo": 20, "sd15": 2}, "repeat": {"tiny": 5, "demo": 3, "sd15": 1},
              "cold_repeat": {"tiny": 3, "demo": 2, "sd15": 1}, "cold_calls": {"tiny": 2, "demo": 2, "sd15": 1},
              "import_repeat": 5, "callers": (1, 2, 4), "per_caller": 2, "tp_repeat": 2,
              "batches": (1, 2, 4), "cap_images": 4, "cap_tokens": 20, "cap_repeat": 2,
              "tp_models": ["tiny", "demo"],
-             "video": {"frames": (16, 64), "steps": 10, "calls": 3, "processes": 2, "size": 128}},
+             "video": {"frames": (16, 64), "steps": 10, "calls": 3, "processes": 2, "size": 128},
+             "cpu_backends": {"model": "sd15"}},  # 512 px, 20 steps
 }
 COLD_MODELS = {"quick": ["tiny", "demo"], "full": ["tiny", "demo", "sd15"]}
 
@@ -92,6 +101,11 @@ def main(argv=None) -> int:
     ap.add_argument("--video-size", type=int, default=None, help="video height = width in pixels (a multiple of 16)")
     ap.add_argument("--video-threads", type=int, default=None,
                     help="pin torch and ONNX Runtime to this many threads in the video benchmark (default: their own)")
+    ap.add_argument("--cpu-model", default=None, help="model of the cpu_backends benchmark (default sd15)")
+    ap.add_argument("--cpu-size", type=int, default=None, help="cpu_backends image size (default 256 quick, 512 full)")
+    ap.add_argument("--cpu-configs", default=None, help="comma list of cpu_backends configurations (default all)")
+    ap.add_argument("--cpu-demo-prompts", type=int, default=None, help="cpu_backends demo accuracy prompts (default 60)")
+    ap.add_argument("--peer-venv", default=None, help="the optimum-intel venv of cpu_backends (default CACHE/peer-venv)")
     args = ap.parse_args(argv)
 
     import models as M
@@ -269,6 +283,21 @@ def main(argv=None) -> int:
                                          threads=args.video_threads)]}
 
     guarded("video", video)
+
+    # ---- 9. CPU backends: diffusers / optimum-intel / fastgen at fp32, bf16, int8 (fresh processes)
+    def cpu():
+        if device != "cpu":
+            return {"status": "not run: a CPU benchmark (run with --device cpu)"}
+        import cpu_backends
+
+        rec = cpu_backends.collect(args.quick, cache=cache, model_name=args.cpu_model or st["cpu_backends"]["model"],
+                                   configs=args.cpu_configs.split(",") if args.cpu_configs else None,
+                                   size=args.cpu_size, steps=args.steps, calls=args.repeat,
+                                   demo_prompts=args.cpu_demo_prompts, peer_venv_dir=args.peer_venv)
+        _log("cpu_backends:\n" + cpu_backends.summary(rec))
+        return rec
+
+    guarded("cpu_backends", cpu)
 
     # ---- figures
     results["e2e"] = results.get("e2e", {})

@@ -41,7 +41,8 @@ def _benchmarks() -> tuple:
 @pytest.mark.slow
 def test_run_all_quick_tiny(tmp_path):
     out = tmp_path / "out"
-    only = ",".join(b for b in _benchmarks() if b != "video")  # video: test_run_all_video_reduced
+    # video: test_run_all_video_reduced; cpu_backends: test_run_all_cpu_backends_reduced
+    only = ",".join(b for b in _benchmarks() if b not in ("video", "cpu_backends"))
     cmd = [sys.executable, RUN_ALL, "--quick", "--out", str(out), "--cache", str(tmp_path / "cache"),
            "--models", "tiny", "--captioners", "vit-gpt2-tiny", "--repeat", "1", "--steps", "2", "--only", only]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -164,3 +165,65 @@ def test_run_all_video_reduced(tmp_path):
     assert b8["frames_shape"] == [1, 8, 32, 32, 3] and b20["frames_shape"] == [1, 20, 32, 32, 3]
     assert all(_num(b[k]) for b in (b8, b20) for k in ("speedup_s_per_frame", "ratio_peak_rss", "max_abs_diff"))
     assert (out / "video.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_run_all_cpu_backends_reduced(tmp_path):
+    """The CPU backends benchmark in a reduced mode: the tiny model at 64 px, 2 steps, one timed call per fresh
+    process (2 rounds), 4 demo prompts. Every configuration either has a row or says why it did not run (fastgen
+    int8 when this build lacks it; optimum-intel when its venv cannot be made), fp32 paths of different
+    runtimes give the same image (the same weights, latents and DDIM), and the targets are computed."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "out"
+    peer = os.path.join(os.path.expanduser("~"), ".cache", "fastgen-bench", "peer-venv")  # made once, kept
+    cmd = [sys.executable, RUN_ALL, "--quick", "--only", "cpu_backends", "--out", str(out),
+           "--cache", str(tmp_path / "cache"), "--cpu-model", "tiny", "--cpu-size", "64", "--steps", "2",
+           "--repeat", "1", "--cpu-demo-prompts", "4", "--peer-venv", peer]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert p.returncode == 0, p.stderr[-3000:]
+    with open(out / "cpu_backends.json") as f:
+        d = json.load(f)
+    assert d["benchmark"] == "cpu_backends" and "error" not in d, d.get("error")
+    assert (d["model"], d["image_size"], d["steps"], d["guidance_scale"]) == ("tiny", 64, 2, 7.5)
+    rows = {r["config"]: r for r in d["rows"]}
+    assert set(rows) | set(d["skipped"]) == set(d["configs"]) and len(d["configs"]) == 9
+    for name in ("diffusers-fp32", "diffusers-bf16", "fastgen-ort-fp32", "fastgen-ov-fp32", "fastgen-ov-bf16"):
+        assert name in rows, d["skipped"].get(name)
+    for name, why in d["skipped"].items():
+        assert isinstance(why, str) and why, name
+        if name.startswith("optimum"):
+            assert why.startswith("not run"), why
+    if "fastgen-ov-int8" in d["skipped"]:
+        assert d["skipped"]["fastgen-ov-int8"].startswith("int8: not available in this build")
+    for r in rows.values():
+        assert all(_num(r["min"][k]) and r["min"][k] > 0 for k in ("text_encode", "unet", "vae_decode", "total")), r
+        assert r["unet_calls"] == 2 and "warning" not in r, r
+        assert r["peak_rss_mb"] >= r["peak_rss_after_load_mb"] > 0
+        assert r["torch_loaded"] is (r["framework"] != "fastgen")
+        assert r["processes"] == 2 and len(r["totals"]) == 2 and len(r["load_avg_1m"][0]) == 2
+    assert rows["fastgen-ov-bf16"]["ran"]["sessions"]["unet"]["precision"] == "bf16"
+    # the same fp32 computation on different runtimes: the same image
+    for c in d["cross_checks"]:
+        assert c["max_abs"] < 2e-3, c
+    assert {(c["a"], c["b"]) for c in d["cross_checks"]} >= {("fastgen-ort-fp32", "diffusers-fp32"),
+                                                               ("fastgen-ov-fp32", "fastgen-ort-fp32")}
+    assert d["accuracy"]["fastgen-ov-fp32"]["max_abs"] < 2e-3
+    assert d["accuracy"]["fastgen-ov-bf16"]["reference"] == "fastgen-ort-fp32"
+    assert d["accuracy"]["diffusers-bf16"]["psnr_db"] > 10
+    t = d["targets"]
+    assert t["ov_fp32_vs_ort_max_abs"]["met"] is True
+    for k in ("e2e_best_fastgen_vs_diffusers_fp32", "unet_call_bf16_vs_ort_fp32", "second_cold_start_ov_vs_ort"):
+        assert _num(t[k]["value"]) and isinstance(t[k]["met"], bool), (k, t[k])
+    cold = d["cold_start"]
+    assert cold["ov_sessions"]["unet"]["loaded_from_cache"] == 1  # the second start used the compile cache
+    # quick: 2 rounds of processes + 1 cold-start pair; the first OpenVINO process compiled, the others did not
+    assert len(cold["ort_values"]) == 3 and len(cold["ov_values"]) == 2 and cold["first_image_steps"] == 1
+    if "optimum-fp32" in rows:
+        assert d["optimum"]["versions"]["optimum-intel"] == "2.2.0"
+        assert rows["optimum-fp32"]["ran"]["inference_precision_hint"]["unet"] != rows["optimum-bf16"]["ran"][
+            "inference_precision_hint"]["unet"]
+    demo = d["demo"]
+    assert demo["prompts"] == 4 and [(r["backend"], r["precision"]) for r in demo["rows"]][:3] == [
+        ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+    assert all(0 <= r["all"] <= 1 for r in demo["rows"])
+    assert (out / "cpu_backends.png").stat().st_size > 1000
