@@ -1,7 +1,6 @@
 """DPMSolverMultistepScheduler against diffusers 0.42.1, over whole trajectories."""
 
 import itertools
-import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +8,8 @@ import torch
 
 from fastgen import schedulers
 from fastgen.errors import ConfigError, InvalidArgumentError, ScheduleError, ShapeError
-from scheduler_ref import SHAPE, compare_trajectories, diffusers_scheduler, fake_model, rel_err, run_free
+from scheduler_ref import (SHAPE, check_degenerate_schedules, compare_trajectories, diffusers_scheduler, fake_model,
+                           rel_err, run_free)
 
 # diffusers deprecates algorithm_type dpmsolver, and calls np.array on tensors the numpy-2 way it warns about
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -304,56 +304,9 @@ def test_lambda_min_clipped_everything():
 
 
 def test_degenerate_schedules_do_not_crash():
-    from fastgen.sampling import sample_loop
-
     # Leading spacing with num_inference_steps == num_train_timesteps repeats timesteps (every timestep is 0:
     # zero-length steps, h = 0); Karras sigmas on a 50-step training schedule round to repeated timesteps.
     # diffusers' higher-order updates are 0/0 there (NaN from the second step on); fastgen's documented
     # behaviour (dpmsolver.cpp): a zero-length step is the identity, as the first-order update computes.
     cases = [({"timestep_spacing": "leading", "solver_order": 3}, True), ({"use_karras_sigmas": True}, False)]
-    for over, zero_length in cases:
-        cfg = dict(BASE, num_train_timesteps=50, **over)
-        s = schedulers.from_config(cfg)
-        s.set_timesteps(50)
-        s.set_begin_index(0)
-        assert len(set(s.timesteps.tolist())) < 50  # the schedule does repeat timesteps
-        x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 2, 2, 2)
-        ours = [x]
-        for t in s.timesteps:
-            x = s.step(fake_model(x, float(t)), t, x)
-            assert x.dtype == np.float32 and x.shape == (1, 2, 2, 2) and np.isfinite(x).all()
-            ours.append(x)
-        # the C++ loop takes the same (fused) path to the same result
-        loop = schedulers.from_config(cfg)
-        loop.set_timesteps(50)
-        loop.set_begin_index(0)
-        np.testing.assert_array_equal(
-            sample_loop(loop, ours[0], lambda v, t: fake_model(np.asarray(v), float(t)), guidance_scale=1.0), ours[-1])
-        # equal to diffusers on every step where diffusers is finite (its own trajectory, no resync)
-        # (and, on zero-length steps, to diffusers' first-order solver on every step)
-        for order in (cfg.get("solver_order", 2), 1) if zero_length else (cfg.get("solver_order", 2),):
-            ref = diffusers_scheduler(dict(cfg, solver_order=order))
-            ref.set_timesteps(50)
-            ref.set_begin_index(0)
-            xr = torch.from_numpy(ours[0].copy())
-            compared = 0
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for i, t in enumerate(ref.timesteps):
-                    try:
-                        xr = ref.step(torch.from_numpy(fake_model(xr.numpy(), float(t))), t, xr).prev_sample
-                    except Exception:  # noqa: BLE001  (diffusers fails on the degenerate step: nothing to compare)
-                        break
-                    if not np.isfinite(xr.numpy()).all():
-                        break
-                    assert rel_err(ours[i + 1], xr.numpy()) <= 1e-4, (over, order, i)
-                    compared += 1
-            if order == 1 or not zero_length:
-                assert compared == 50, (over, order, compared)  # finite throughout: equal throughout
-            else:
-                assert 1 <= compared < 50, (over, compared)  # diffusers goes NaN where fastgen stays finite
-        if zero_length:
-            # every step but the last (to sigma 0) has zero length: the identity
-            for i in range(49):
-                np.testing.assert_array_equal(ours[i + 1], ours[i])
-            assert not np.array_equal(ours[50], ours[49])
+    check_degenerate_schedules(BASE, cases)
