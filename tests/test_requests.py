@@ -48,6 +48,7 @@ BAD_CALLS = [
     (dict(num_inference_steps=0), InvalidArgumentError, "num_inference_steps must be in [1, 1000]"),
     (dict(guidance_scale=float("nan")), InvalidArgumentError, "guidance_scale must be a finite number"),
     (dict(guidance_scale=-1), InvalidArgumentError, "guidance_scale must be a finite number"),
+    (dict(guidance_scale=1e30), InvalidArgumentError, "guidance_scale must be a finite number in [0.0, 1000.0]"),
     (dict(guidance_rescale=2.0), InvalidArgumentError, "guidance_rescale"),
     (dict(eta=float("inf")), InvalidArgumentError, "eta"),
     (dict(seed=-1), InvalidArgumentError, "seed must be None or an int in [0, 2**63)"),

@@ -78,6 +78,9 @@ class ImageGeometry:
 
 # ------------------------------------------------------------------------------------ common arguments
 
+MAX_GUIDANCE = 1000.0  # beyond this the guided prediction overflows float32 for ordinary model outputs
+
+
 def check_prompt_batch(prompt: Any, negative_prompt: Any, per_prompt_name: str, per_prompt: Any,
                        limit: int) -> tuple[list[str], list[str] | None, int]:
     """(prompts, negative prompts or None, outputs per prompt) of a prompt-driven call; at most ``limit``
@@ -97,7 +100,8 @@ def check_steps_guidance(pipe, num_inference_steps: Any, guidance_scale: Any) ->
     """The call's steps and guidance scale, or the engine's defaults (``pipe.default_steps`` / ``_guidance``)."""
     steps = pipe.default_steps if num_inference_steps is None else check_int(
         "num_inference_steps", num_inference_steps, 1, 1000)
-    g = pipe.default_guidance if guidance_scale is None else check_float("guidance_scale", guidance_scale, 0.0)
+    g = pipe.default_guidance if guidance_scale is None else check_float("guidance_scale", guidance_scale, 0.0,
+                                                                          MAX_GUIDANCE)
     return steps, g
 
 
