@@ -19,12 +19,13 @@ Diffusion models:
 
 Video models (``video_model``):
 
-``animatediff-tiny``  fastgen_export.video.build_tiny_animatediff (as tests/test_video.py builds it): the
+``animatediff-tiny``  fastgen_export.testing.build_tiny_animatediff (as tests/test_video.py builds it): the
                       tiny "sd" UNet (32, 64) + a MotionAdapter with a 16-frame motion module
                       (motion_max_seq_length 16), CLIP 2x32, VAE factor 8, DDIM; exported without
                       ``unet_fifo`` (the benchmark runs context windows, not FIFO).
 
-Captioners (as tests/test_caption.py builds them, word-level tokenizers):
+Captioners (fastgen_export.testing.build_tiny_vit_gpt2 / build_tiny_blip, as tests/test_caption.py builds
+them, word-level tokenizers):
 
 ``vit-gpt2-tiny`` / ``blip-tiny``  hidden 32, 2 layers, 32x32 images.
 ``vit-gpt2-base``  ViT-B/16 encoder at 224x224 (768, 12 layers) + GPT-2 base decoder (768, 12 layers,
@@ -146,6 +147,8 @@ def demo_model(demo_src: str | None) -> dict:
 
 # ------------------------------------------------------------------------------------ video
 
+# the description is part of the cache key: it keeps the builder's old home (fastgen_export.video, now
+# fastgen_export.testing) so that cached models stay valid
 VIDEO_MODELS = {
     "animatediff-tiny": {"motion_max_seq_length": 16, "vae_scale_factor": 8, "overrides": {},
                          "description": "fastgen_export.video.build_tiny_animatediff: tiny 'sd' UNet (32, 64) + "
@@ -163,7 +166,7 @@ def video_model(name: str, cache: str = DEFAULT_CACHE) -> dict:
     if not _start_build(root):
         return info
     from fastgen_export.api import export
-    from fastgen_export.video import build_tiny_animatediff
+    from fastgen_export.testing import build_tiny_animatediff
 
     log(f"building {name} ({spec['description']}) in {root}")
     build_tiny_animatediff(src, motion_max_seq_length=spec["motion_max_seq_length"],
@@ -174,8 +177,6 @@ def video_model(name: str, cache: str = DEFAULT_CACHE) -> dict:
 
 
 # ------------------------------------------------------------------------------------ captioners
-
-CAPTION_WORDS = "a photo of cat dog on the grass two sitting red blue car street man woman with table and in".split()
 
 CAPTION_ENGINE_FORM = "cross-kv"  # fastgen_export.caption: cross-attention K/V computed once per image
 CAPTIONERS = {
@@ -196,56 +197,16 @@ CAPTIONERS = {
 }
 
 
-def _wordlevel(specials, size):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = list(CAPTION_WORDS)
-    if size:
-        words += [f"w{i}" for i in range(size - len(specials) - len(words))]
-    vocab = {t: i for i, t in enumerate(specials + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tok, vocab
-
-
 def _build_vit_gpt2(folder, spec):
-    import torch
-    from transformers import (GPT2Config, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil,
-                              VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
+    from fastgen_export.testing import build_tiny_vit_gpt2
 
-    torch.manual_seed(0)
-    tok, vocab = _wordlevel(["<|endoftext|>", "<unk>", "<pad>"], spec["vocab"])
-    enc = ViTConfig(**spec["enc"])
-    dec = GPT2Config(vocab_size=len(vocab), add_cross_attention=True, is_decoder=True, bos_token_id=0,
-                     eos_token_id=0, pad_token_id=2, **spec["dec"])
-    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
-    cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id = 0, 0, 2
-    model = VisionEncoderDecoderModel(config=cfg).eval()
-    g = model.generation_config
-    g.decoder_start_token_id, g.eos_token_id, g.pad_token_id = 0, 0, 2
-    model.save_pretrained(folder)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                            unk_token="<unk>", pad_token="<pad>").save_pretrained(folder)
-    size = spec["enc"]["image_size"]
-    ViTImageProcessorPil(size={"height": size, "width": size}).save_pretrained(folder)
+    build_tiny_vit_gpt2(folder, encoder=spec["enc"], decoder=spec["dec"], vocab_size=spec["vocab"])
 
 
 def _build_blip(folder, spec):
-    import torch
-    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
-                              BlipTextConfig, BlipVisionConfig)
+    from fastgen_export.testing import build_tiny_blip
 
-    torch.manual_seed(0)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    _, vocab = _wordlevel(specials, spec["vocab"])
-    tc = BlipTextConfig(vocab_size=len(vocab), bos_token_id=5, sep_token_id=3, pad_token_id=0, eos_token_id=3,
-                        **spec["text"])
-    vc = BlipVisionConfig(**spec["vision"])
-    model = BlipForConditionalGeneration(BlipConfig(text_config=tc.to_dict(), vision_config=vc.to_dict())).eval()
-    model.save_pretrained(folder)
-    BertTokenizerFast(vocab=vocab, bos_token="[DEC]").save_pretrained(folder)
-    size = spec["vision"]["image_size"]
-    BlipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(folder)
+    build_tiny_blip(folder, text=spec["text"], vision=spec["vision"], vocab_size=spec["vocab"])
 
 
 def captioner(name: str, cache: str = DEFAULT_CACHE) -> dict:

@@ -11,11 +11,22 @@ _LOCK = threading.Lock()
 _ROOT = None
 
 
+def _build(kind: str, src: str, **overrides) -> None:
+    from fastgen_export import testing
+
+    others = {"animatediff": testing.build_tiny_animatediff, "svd": testing.build_tiny_svd,
+              "vit-gpt2": testing.build_tiny_vit_gpt2, "blip": testing.build_tiny_blip}
+    if kind in others:
+        others[kind](src, **overrides)
+    else:
+        testing.build_tiny_pipeline(kind, src, **overrides)
+
+
 def tiny_engine(kind: str, **overrides) -> tuple[str, str]:
-    """(diffusers source folder, engine dir) of a tiny random `kind` pipeline (see fastgen_export.testing)."""
+    """(source folder, engine dir) of a tiny random `kind` model: the image kinds of
+    fastgen_export.testing.KINDS, "animatediff", "svd", "vit-gpt2" or "blip"."""
     global _ROOT
     from fastgen_export.api import export
-    from fastgen_export.testing import build_tiny_pipeline
 
     key = (kind, tuple(sorted(overrides.items())))
     with _LOCK:
@@ -25,7 +36,7 @@ def tiny_engine(kind: str, **overrides) -> tuple[str, str]:
             name = f"{kind}-{len(_CACHE)}"
             src = os.path.join(_ROOT, name + "-src")
             eng = os.path.join(_ROOT, name + "-engine")
-            build_tiny_pipeline(kind, src, **overrides)
+            _build(kind, src, **overrides)
             export(src, eng, log=None)
             _CACHE[key] = (src, eng)
         return _CACHE[key]

@@ -21,62 +21,22 @@ import fastgen  # noqa: E402
 from fastgen import _core  # noqa: E402
 from fastgen.errors import FastgenError, InvalidArgumentError, UnsupportedError  # noqa: E402
 
-WORDS = "a photo of cat dog on the grass two sitting red blue car street man woman with table and in".split()
 MAX_NEW = 10
 
 
 # ----------------------------------------------------------------------------------------- tiny models
 
 
-def _wordlevel(specials):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tok, vocab
-
-
 def make_vit_gpt2(folder: str, seed: int = 0):
-    from transformers import (GPT2Config, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil,
-                              VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
+    from fastgen_export.testing import build_tiny_vit_gpt2
 
-    torch.manual_seed(seed)
-    tok, vocab = _wordlevel(["<|endoftext|>", "<unk>", "<pad>"])
-    enc = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
-                    patch_size=8)
-    # decoder width 24 != encoder width 32: exercises the enc_to_dec projection
-    dec = GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=24, n_layer=2, n_head=2, add_cross_attention=True,
-                     is_decoder=True, bos_token_id=0, eos_token_id=0, pad_token_id=2)
-    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
-    cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id = 0, 0, 2
-    model = VisionEncoderDecoderModel(config=cfg).eval()
-    g = model.generation_config
-    g.decoder_start_token_id, g.eos_token_id, g.pad_token_id = 0, 0, 2
-    model.save_pretrained(folder)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                            unk_token="<unk>", pad_token="<pad>").save_pretrained(folder)
-    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return model
+    return build_tiny_vit_gpt2(folder, seed=seed)
 
 
 def make_blip(folder: str, seed: int = 0):
-    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
-                              BlipTextConfig, BlipVisionConfig)
+    from fastgen_export.testing import build_tiny_blip
 
-    torch.manual_seed(seed)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    tc = BlipTextConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=64, bos_token_id=5, sep_token_id=3,
-                        pad_token_id=0, eos_token_id=3)
-    vc = BlipVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                          image_size=32, patch_size=8)
-    model = BlipForConditionalGeneration(BlipConfig(text_config=tc.to_dict(), vision_config=vc.to_dict())).eval()
-    model.save_pretrained(folder)
-    BertTokenizerFast(vocab=vocab, bos_token="[DEC]").save_pretrained(folder)
-    BlipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return model
+    return build_tiny_blip(folder, seed=seed)
 
 
 @pytest.fixture(scope="module")

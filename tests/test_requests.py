@@ -48,6 +48,7 @@ BAD_CALLS = [
     (dict(num_inference_steps=0), InvalidArgumentError, "num_inference_steps must be in [1, 1000]"),
     (dict(guidance_scale=float("nan")), InvalidArgumentError, "guidance_scale must be a finite number"),
     (dict(guidance_scale=-1), InvalidArgumentError, "guidance_scale must be a finite number"),
+    (dict(guidance_scale=1e30), InvalidArgumentError, "guidance_scale must be a finite number in [0.0, 1000.0]"),
     (dict(guidance_rescale=2.0), InvalidArgumentError, "guidance_rescale"),
     (dict(eta=float("inf")), InvalidArgumentError, "eta"),
     (dict(seed=-1), InvalidArgumentError, "seed must be None or an int in [0, 2**63)"),
@@ -232,7 +233,7 @@ def test_cli_has_no_phantom_commands_and_reports_bad_input(tmp_path):
     from fastgen.cli import build_parser, main
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"export", "build-trt", "generate", "info", "caption", "serve"}
+    assert set(sub.choices) == {"export", "build-trt", "optimize", "generate", "info", "caption", "serve", "eval"}
     assert main(["generate", "x", "--steps", "0", "-o", str(tmp_path / "a.png")]) == 2
     (tmp_path / "file").write_text("")
     assert main(["generate", "x", "--steps", "1", "-o", str(tmp_path / "file" / "a.png")]) == 2

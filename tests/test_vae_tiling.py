@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -15,15 +16,21 @@ from test_runtime_sd import diffusers_pipe, max_diff
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine():
     src, eng = tiny_engine("sd")
-    copy = tmp_path_factory.mktemp("tiling") / "engine"
-    shutil.copytree(eng, copy)
-    m = json.loads((copy / "fastgen.json").read_text())
-    if "vae_sample_size" not in m["config"]:  # engines exported before the exporter recorded it
-        m["config"]["vae_sample_size"] = 64  # the tiny VAE's config.sample_size
-        (copy / "fastgen.json").write_text(json.dumps(m))
-    return src, str(copy)
+    with open(os.path.join(eng, "fastgen.json")) as f:
+        assert json.load(f)["config"]["vae_sample_size"] == 64  # the exporter records the VAE's sample_size
+    return src, eng
+
+
+def test_engines_without_the_record_tile_at_512(engine, tmp_path):
+    eng = tmp_path / "engine"
+    shutil.copytree(engine[1], eng)
+    m = json.loads((eng / "fastgen.json").read_text())
+    del m["config"]["vae_sample_size"]  # an engine exported before the exporter recorded it
+    (eng / "fastgen.json").write_text(json.dumps(m))
+    vae = fastgen.Pipeline.load(eng).vae
+    assert (vae.tile_sample_size, vae.tile_latent_size) == (512, 128)
 
 
 @pytest.mark.parametrize("height,width", [(48, 128), (96, 96), (64, 64)])

@@ -20,7 +20,7 @@ H, W = 48, 80  # non-square; the tiny video VAE has factor 8
 @pytest.fixture(scope="module")
 def animatediff(tmp_path_factory):
     from fastgen_export.api import export
-    from fastgen_export.video import build_tiny_animatediff
+    from fastgen_export.testing import build_tiny_animatediff
 
     root = tmp_path_factory.mktemp("animatediff")
     src = build_tiny_animatediff(str(root / "src"), motion_max_seq_length=MOTION_LEN)
@@ -126,17 +126,72 @@ def test_windows_and_weights():
 
 def test_frame_ring():
     ring = _core.FrameRing(3, 3, 2, 4)
+    assert (ring.capacity, ring.channels, ring.height, ring.width) == (3, 3, 2, 4)
     x = np.linspace(-1.5, 1.5, 2 * 3 * 2 * 4, dtype=np.float32).reshape(2, 3, 2, 4)
     ring.push(x)
     assert len(ring) == 2
-    with pytest.raises(fastgen.InvalidArgumentError):
+    with pytest.raises(fastgen.InvalidArgumentError, match="1 of 3 slots free"):
         ring.push(x)  # 2 more do not fit in 1 free slot
+    assert len(ring) == 2  # nothing stored
     for i in range(2):
         np.testing.assert_array_equal(ring.pop(2, 4), np.clip(x[i] / 2 + 0.5, 0, 1).transpose(1, 2, 0))
     ring.push(x)  # wraps around
     assert len(ring) == 2
     with pytest.raises(fastgen.ShapeError):
         ring.push(np.zeros((1, 3, 4, 4), np.float32))
+    # a non-contiguous view is read as its values (copied), not as raw memory
+    view = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert not view.flags.c_contiguous
+    ring2 = _core.FrameRing(2, 3, 2, 4)
+    ring2.push(view[:1])
+    np.testing.assert_array_equal(ring2.pop(2, 4), np.clip(x[0] / 2 + 0.5, 0, 1).transpose(1, 2, 0))
+
+
+@pytest.mark.parametrize("frames", [
+    np.zeros((1, 3, 4, 5), np.float32),     # wrong width
+    np.zeros((1, 3, 5, 4), np.float32),     # wrong height
+    np.zeros((1, 1, 4, 4), np.float32),     # wrong channels
+    np.zeros((1, 3, 2, 8), np.float32),     # same number of values, wrong shape
+    np.zeros((3, 4, 4), np.float32),        # no frame axis
+    np.zeros((1, 1, 3, 4, 4), np.float32),  # one axis too many
+    np.zeros((0, 3, 4, 4), np.float32),     # no frames
+    np.zeros((1, 3, 4, 4), np.float64),     # wrong dtype
+    np.zeros((1, 3, 4, 4), np.float16),
+    [[[[0.0] * 4] * 4] * 3],                # not an array
+])
+def test_frame_ring_refuses_bad_pushes(frames):
+    ring = _core.FrameRing(3, 3, 4, 4)
+    with pytest.raises(fastgen.ShapeError):
+        ring.push(frames)
+    assert len(ring) == 0
+
+
+def test_frame_ring_refuses_bad_sizes():
+    ring = _core.FrameRing(3, 3, 4, 4)
+    with pytest.raises(fastgen.InvalidArgumentError, match="empty"):
+        ring.pop(4, 4)
+    ring.push(np.zeros((1, 3, 4, 4), np.float32))
+    # pop(5, 5) used to read past the buffer, pop(0, 4) to divide by zero
+    for h, w in [(5, 5), (0, 4), (4, 0), (0, 0), (-1, 4), (4, -16), (2, 8), (8, 2), (16, 1), (4, 5), (2**40, 4)]:
+        with pytest.raises(fastgen.ShapeError, match="4x4"):
+            ring.pop(h, w)
+    assert len(ring) == 1  # nothing dropped
+    assert ring.pop(4, 4).shape == (4, 4, 3)
+    with pytest.raises(fastgen.InvalidArgumentError, match="empty"):
+        ring.pop(4, 4)
+    # overflow: more frames than free slots, in one push or over several
+    with pytest.raises(fastgen.InvalidArgumentError, match="3 of 3 slots free"):
+        ring.push(np.zeros((4, 3, 4, 4), np.float32))
+    ring.push(np.zeros((3, 3, 4, 4), np.float32))
+    with pytest.raises(fastgen.InvalidArgumentError, match="0 of 3 slots free"):
+        ring.push(np.zeros((1, 3, 4, 4), np.float32))
+    assert len(ring) == 3
+    # zero or negative dimensions, and a ring too large to address
+    for dims in [(0, 3, 4, 4), (3, 0, 4, 4), (3, 3, 0, 4), (3, 3, 4, 0), (-1, 3, 4, 4), (3, 3, -4, 4)]:
+        with pytest.raises(fastgen.InvalidArgumentError, match=">= 1"):
+            _core.FrameRing(*dims)
+    with pytest.raises(fastgen.InvalidArgumentError, match="too large"):
+        _core.FrameRing(2**62, 3, 2**20, 2**20)
 
 
 def test_long_video_40_frames_mp4_and_gif(animatediff, tmp_path):
@@ -379,7 +434,7 @@ def test_export_stable_video_diffusion(tmp_path):
     """SVD exports (CLIP image encoder, spatio-temporal UNet, VAE encoder, temporal VAE decoder), each
     parity-checked at another frame count; the runtime's ImageToVideoPipeline equals diffusers'."""
     from fastgen_export.api import export
-    from fastgen_export.video import build_tiny_svd
+    from fastgen_export.testing import build_tiny_svd
 
     src = build_tiny_svd(str(tmp_path / "svd-src"))
     eng = export(src, str(tmp_path / "svd-engine"), log=None)

@@ -58,6 +58,8 @@ void check_same_shape(const py::array& a, const py::array& b, const char* an, co
 
 size_t batch_of(const py::array& a) { return a.ndim() >= 1 && a.shape(0) > 0 ? static_cast<size_t>(a.shape(0)) : 1; }
 
+constexpr UseFlag::Access kShared = UseFlag::Access::Shared;
+
 double finite_t(double t) {
   if (!std::isfinite(t)) throw ArgumentError("timestep must be finite, got " + fmt(t));
   return t;
@@ -69,12 +71,15 @@ void bind_schedulers(py::module_& m) {
   py::class_<Scheduler>(m, "Scheduler", "A C++ scheduler (use fastgen.schedulers.from_config).")
       .def_property_readonly("class_name", &Scheduler::class_name)
       .def("clone", &Scheduler::clone, "A fresh scheduler with the same configuration and no state.")
+      .def_property_readonly("in_use", &Scheduler::in_use,
+                             "Whether a step or sampling loop is using this scheduler now (a snapshot).")
       .def(
           "set_timesteps",
           [](Scheduler& s, long long n, std::optional<double> mu) {
             if (n < 1) throw ArgumentError("num_inference_steps must be >= 1, got " + std::to_string(n));
             if (n > 100000) throw ArgumentError("num_inference_steps must be <= 100000, got " + std::to_string(n));
             if (mu && !std::isfinite(*mu)) throw ArgumentError("mu must be finite");
+            const auto busy = s.use("set_timesteps");  // frees the timesteps a running loop reads
             s.set_timesteps(static_cast<int>(n), mu);
           },
           py::arg("num_inference_steps"), py::arg("mu") = py::none())
@@ -87,14 +92,27 @@ void bind_schedulers(py::module_& m) {
       .def_property_readonly("init_noise_sigma", &Scheduler::init_noise_sigma)
       .def_property_readonly("order", &Scheduler::order)
       .def_property_readonly("num_inference_steps", &Scheduler::num_inference_steps)
-      .def_property_readonly("step_index", [](const Scheduler& s) -> py::object {
+      .def_property_readonly("step_index", [](Scheduler& s) -> py::object {
+        const auto busy = s.use("step_index", kShared);  // a running step changes it
         return s.step_index() < 0 ? py::object(py::none()) : py::object(py::int_(s.step_index()));
       })
       .def_property_readonly("begin_index", [](const Scheduler& s) -> py::object {
         return s.begin_index() < 0 ? py::object(py::none()) : py::object(py::int_(s.begin_index()));
       })
-      .def("set_begin_index", &Scheduler::set_begin_index, py::arg("begin_index"))
-      .def("manual_seed", [](Scheduler& s, unsigned long long seed) { s.generator().manual_seed(seed); }, py::arg("seed"))
+      .def(
+          "set_begin_index",
+          [](Scheduler& s, int index) {
+            const auto busy = s.use("set_begin_index");
+            s.set_begin_index(index);
+          },
+          py::arg("begin_index"))
+      .def(
+          "manual_seed",
+          [](Scheduler& s, unsigned long long seed) {
+            const auto busy = s.use("manual_seed");  // a running stochastic step draws from the generator
+            s.generator().manual_seed(seed);
+          },
+          py::arg("seed"))
       .def("is_stochastic", &Scheduler::is_stochastic, py::arg("eta") = 0.0)
       .def_property_readonly("config",
                              [](const Scheduler& s) {
@@ -110,7 +128,9 @@ void bind_schedulers(py::module_& m) {
             const float* in = sample.data();
             float* o = out.mutable_data();
             const size_t n = static_cast<size_t>(sample.size());
-            s.scale_model_input(in, o, n, finite_t(t));
+            const double tt = finite_t(t);
+            const auto busy = s.use("scale_model_input", kShared);  // may resolve the step index
+            s.scale_model_input(in, o, n, tt);
             return out;
           },
           py::arg("sample"), py::arg("timestep"))
@@ -134,9 +154,11 @@ void bind_schedulers(py::module_& m) {
             const float *mp = mo.data(), *sp = sample.data();
             float* op = out.mutable_data();
             const size_t batch = batch_of(sample);
+            const double tt = finite_t(t);
+            const auto busy = s.use("step");  // held while the GIL is released
             {
               py::gil_scoped_release nogil;
-              s.step(mp, finite_t(t), sp, op, n, batch, noise_ptr, eta);
+              s.step(mp, tt, sp, op, n, batch, noise_ptr, eta);
             }
             return out;
           },
@@ -149,7 +171,9 @@ void bind_schedulers(py::module_& m) {
             auto noise = require_f32(noise_obj, "noise");
             check_same_shape(orig, noise, "original_samples", "noise");
             py::array_t<float> out(shape_of(orig));
-            s.add_noise(orig.data(), noise.data(), out.mutable_data(), static_cast<size_t>(orig.size()), finite_t(t));
+            const double tt = finite_t(t);
+            const auto busy = s.use("add_noise", kShared);  // reads the step index a running step changes
+            s.add_noise(orig.data(), noise.data(), out.mutable_data(), static_cast<size_t>(orig.size()), tt);
             return out;
           },
           py::arg("original_samples"), py::arg("noise"), py::arg("timestep"));

@@ -127,30 +127,47 @@ void bind_video(py::module_& m) {
       py::arg("guidance_scale") = 7.5, py::arg("guidance_rescale") = 0.0,
       "FIFO-Diffusion diagonal denoising: num_frames iterations, each hands a clean head frame to exchange().");
 
-  py::class_<FrameRing>(m, "FrameRing")
-      .def(py::init<size_t, size_t, size_t, size_t>(), py::arg("capacity"), py::arg("channels"), py::arg("height"),
-           py::arg("width"))
+  py::class_<FrameRing>(m, "FrameRing",
+                        "A ring of decoded video frames: push (n, C, H, W) chunks, pop (H, W, C) frames in [0, 1].")
+      .def(py::init([](long long capacity, long long channels, long long height, long long width) {
+             if (capacity < 1 || channels < 1 || height < 1 || width < 1)
+               throw ArgumentError("FrameRing needs capacity, channels, height and width >= 1, got " +
+                                   std::to_string(capacity) + ", " + std::to_string(channels) + ", " +
+                                   std::to_string(height) + ", " + std::to_string(width));
+             return std::make_unique<FrameRing>(static_cast<size_t>(capacity), static_cast<size_t>(channels),
+                                                static_cast<size_t>(height), static_cast<size_t>(width));
+           }),
+           py::arg("capacity"), py::arg("channels"), py::arg("height"), py::arg("width"))
       .def_property_readonly("capacity", &FrameRing::capacity)
+      .def_property_readonly("channels", &FrameRing::channels)
+      .def_property_readonly("height", &FrameRing::height)
+      .def_property_readonly("width", &FrameRing::width)
       .def("__len__", &FrameRing::size)
       .def(
           "push",
           [](FrameRing& r, const py::handle& obj) {
-            auto a = require_f32(obj, "frames");
-            if (a.ndim() != 4 || static_cast<size_t>(a.shape(1) * a.shape(2) * a.shape(3)) != r.frame_floats())
-              throw ShapeError("frames must have shape (n, channels, height, width) of this ring, got " +
+            auto a = require_f32(obj, "frames");  // float32 only; a non-contiguous array is copied
+            if (a.ndim() != 4)
+              throw ShapeError("FrameRing.push: frames must have shape (n, " + std::to_string(r.channels()) + ", " +
+                               std::to_string(r.height()) + ", " + std::to_string(r.width()) + "), got " +
                                shape_str(shape_of(a)));
             const float* p = a.data();
-            const size_t n = static_cast<size_t>(a.shape(0));
+            const auto n = static_cast<size_t>(a.shape(0)), c = static_cast<size_t>(a.shape(1)),
+                       h = static_cast<size_t>(a.shape(2)), w = static_cast<size_t>(a.shape(3));
             py::gil_scoped_release nogil;
-            r.push(p, n);
+            r.push(p, n, c, h, w);
           },
-          py::arg("frames"), "Store decoded frames (n, C, H, W) in about [-1, 1] as HWC [0, 1].")
+          py::arg("frames"), "Store decoded frames (n, C, H, W) float32 in about [-1, 1] as HWC [0, 1].")
       .def(
           "pop",
           [](FrameRing& r, py::ssize_t height, py::ssize_t width) {
-            const py::ssize_t c = static_cast<py::ssize_t>(r.frame_floats()) / (height * width);
-            py::array_t<float> out({height, width, c});
-            r.pop(out.mutable_data());
+            if (height < 1 || width < 1 || static_cast<size_t>(height) != r.height() ||
+                static_cast<size_t>(width) != r.width())
+              throw ShapeError("FrameRing.pop: the ring holds " + std::to_string(r.height()) + "x" +
+                               std::to_string(r.width()) + " frames (height x width), got pop(" +
+                               std::to_string(height) + ", " + std::to_string(width) + ")");
+            py::array_t<float> out({height, width, static_cast<py::ssize_t>(r.channels())});
+            r.pop(out.mutable_data(), static_cast<size_t>(height), static_cast<size_t>(width));
             return out;
           },
           py::arg("height"), py::arg("width"), "The oldest frame as (H, W, C) float32.");

@@ -33,6 +33,9 @@ py::array_t<float> empty_staggered(const std::vector<ssize_t>& shape, const void
 // The loop's per-step callback calling Python's callback(step, t, latents) (returning False stops the
 // loop), or an empty one when `callback` is None. Both arguments must outlive the returned function.
 StepCallback python_step_callback(const py::object& callback, const py::array& latents);
+// What a step callback's `result` asks for: None / True (or numpy.bool_ True) continue, False stops;
+// anything else raises ArgumentError naming `callback` and the result's type. Call with the GIL held.
+bool continue_after(const py::handle& callback, const py::handle& result);
 
 void bind_random(py::module_& m);
 void bind_schedulers(py::module_& m);

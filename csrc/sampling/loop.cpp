@@ -53,6 +53,7 @@ int sample_loop(Scheduler& s, float* latents, size_t batch, size_t per_sample, f
   if (!std::isfinite(opt.eta) || opt.eta < 0) throw ArgumentError("eta must be >= 0, got " + fmt(opt.eta));
   if (x_in == latents && !s.scale_is_identity())
     throw ArgumentError(s.class_name() + " scales its model input, so the latents cannot share the input buffer");
+  const auto busy = s.use("sample_loop");  // the whole loop: no other step, reset or loop meanwhile
   const auto& ts = s.timesteps();
   if (ts.empty()) throw ScheduleError(s.class_name() + ": call set_timesteps() before sampling");
   const bool cfg = uses_cfg(opt);

@@ -30,6 +30,8 @@ bool uses_cfg(const LoopOptions& opt);
 // `x_in` is the caller-owned model-input buffer of (cfg ? 2 : 1) * batch * per_sample floats that
 // denoise() receives. When the scheduler's input scaling is the identity, `latents` may be x_in
 // itself (its first half): each step then writes one stream less. Returns the number of steps taken.
+// The loop claims the scheduler (Scheduler::use) until it returns: a second loop, step or
+// set_timesteps on it meanwhile, from any thread or from the callbacks, gets ConcurrentUseError.
 int sample_loop(Scheduler& scheduler, float* latents, size_t batch, size_t per_sample, float* x_in,
                 const DenoiseFn& denoise, const StepCallback& callback, const LoopOptions& opt);
 

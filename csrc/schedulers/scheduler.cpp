@@ -35,6 +35,19 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& class_name, const C
   return it->second(cfg);
 }
 
+UseFlag::Guard Scheduler::use(const char* operation, UseFlag::Access access) {
+  return use_.acquire(operation, access, [&](const char* holder, bool same_thread) {
+    std::string msg = class_name() + "." + operation + "(): this scheduler is in use by a running " + holder;
+    if (same_thread)
+      msg += " that this call comes from (a callback cannot step, reset or re-run the scheduler its loop is "
+             "driving); use a clone() of the scheduler (scheduler.clone()) for another generation";
+    else
+      msg += " in another thread; a scheduler is not thread-safe: clone() it (scheduler.clone()) for "
+             "concurrent use, one per thread or generation";
+    return msg;
+  });
+}
+
 void Scheduler::scale_model_input(const float* in, float* out, size_t n, double) {
   if (in != out) std::memcpy(out, in, n * sizeof(float));
 }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
 #include "random/philox.h"
 #include "schedulers/config.h"
 #include "schedulers/noise_schedule.h"
@@ -100,6 +101,15 @@ class Scheduler {
   Generator& generator() { return generator_; }
   const Config& config() const { return cfg_; }
 
+  // A scheduler is not thread-safe. use() claims it for `operation` (a string literal) until the guard
+  // is destroyed, and throws ConcurrentUseError (telling the caller to clone() it) when another call
+  // holds it: see UseFlag for exclusive vs shared access. The sampling loops claim it themselves; the
+  // Python bindings claim it around step, set_timesteps, set_begin_index, manual_seed (exclusive) and
+  // add_noise, scale_model_input, step_index (shared). Direct C++ callers of those who share a
+  // scheduler between threads must do the same.
+  UseFlag::Guard use(const char* operation, UseFlag::Access access = UseFlag::Access::Exclusive);
+  bool in_use() const { return use_.in_use(); }
+
  protected:
   // Must be called by set_timesteps implementations after filling timesteps_.
   void reset_state(int num_inference_steps);
@@ -132,6 +142,9 @@ class Scheduler {
   Generator generator_;
   std::vector<float> noise_buf_;
   std::vector<float> guided_buf_;  // the default step_io's materialised guided prediction
+
+ private:
+  UseFlag use_;
 };
 
 // Convert a model output to (x0, eps) predictions for alphas_cumprod-style schedulers.

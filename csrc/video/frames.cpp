@@ -1,6 +1,7 @@
 #include "video/frames.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "common.h"
@@ -36,6 +37,7 @@ std::vector<float> window_weights(int length, WindowWeighting kind) {
 
 int video_sample_loop(Scheduler& s, float* latents, const VideoLoopShape& sh, float* x_in,
                       const WindowDenoiseFn& denoise, const StepCallback& callback, const LoopOptions& opt) {
+  const auto busy = s.use("video_sample_loop");  // the whole loop: no other step, reset or loop meanwhile
   const auto& ts = s.timesteps();
   if (ts.empty()) throw ScheduleError(s.class_name() + ": call set_timesteps() before sampling");
   const std::vector<int> starts = context_windows(static_cast<int>(sh.frames), sh.context_length, sh.context_stride);
@@ -93,20 +95,50 @@ int video_sample_loop(Scheduler& s, float* latents, const VideoLoopShape& sh, fl
   return steps;
 }
 
+namespace {
+std::string dims(size_t a, size_t b, size_t c) {
+  return std::to_string(a) + "x" + std::to_string(b) + "x" + std::to_string(c);
+}
+}  // namespace
+
 FrameRing::FrameRing(size_t capacity, size_t channels, size_t height, size_t width)
     : capacity_(capacity), c_(channels), h_(height), w_(width) {
   if (capacity < 1 || channels < 1 || height < 1 || width < 1)
-    throw ArgumentError("FrameRing needs capacity, channels, height and width >= 1");
-  buf_.resize(capacity * c_ * h_ * w_);
+    throw ArgumentError("FrameRing needs capacity, channels, height and width >= 1, got " + std::to_string(capacity) +
+                        ", " + std::to_string(channels) + ", " + std::to_string(height) + ", " + std::to_string(width));
+  // capacity * channels * height * width floats must be addressable (allocating them may still fail:
+  // std::bad_alloc -> fastgen.ResourceError).
+  size_t total = capacity;
+  for (size_t d : {channels, height, width}) {
+    if (total > (SIZE_MAX / sizeof(float)) / d)
+      throw ArgumentError("FrameRing of " + std::to_string(capacity) + " frames of " + dims(channels, height, width) +
+                          " floats is too large");
+    total *= d;
+  }
+  buf_.resize(total);
 }
 
-void FrameRing::push(const float* chw, size_t n) {
-  if (n > capacity_ - size_)
-    throw ArgumentError("FrameRing: cannot push " + std::to_string(n) + " frames, " +
-                        std::to_string(capacity_ - size_) + " slots free");
+UseFlag::Guard FrameRing::use(const char* operation) {
+  return use_.acquire(operation, UseFlag::Access::Exclusive, [&](const char* holder, bool) {
+    return std::string("FrameRing.") + operation + "(): the ring is in use by a running " + holder +
+           " in another thread; a FrameRing is not thread-safe: use one per thread";
+  });
+}
+
+void FrameRing::push(const float* chw, size_t n, size_t channels, size_t height, size_t width) {
+  if (channels != c_ || height != h_ || width != w_)
+    throw ShapeError("FrameRing.push: frames must be " + dims(c_, h_, w_) + " (channels x height x width), got " +
+                     dims(channels, height, width));
+  if (n == 0) throw ShapeError("FrameRing.push: no frames to push (n = 0)");
+  if (!chw) throw ArgumentError("FrameRing.push: null frame data");
+  const auto busy = use("push");
+  const size_t held = size(), free = capacity_ - held;
+  if (n > free)
+    throw ArgumentError("FrameRing.push: cannot push " + std::to_string(n) + " frames, " + std::to_string(free) +
+                        " of " + std::to_string(capacity_) + " slots free (pop frames first)");
   const size_t plane = h_ * w_, per = c_ * plane;
   for (size_t f = 0; f < n; ++f) {
-    const size_t slot = (head_ + size_) % capacity_;
+    const size_t slot = (head_ + held + f) % capacity_;
     float* dst = buf_.data() + slot * per;
     const float* in = chw + f * per;
     for (size_t p = 0; p < plane; ++p)
@@ -114,16 +146,22 @@ void FrameRing::push(const float* chw, size_t n) {
         const float v = in[c * plane + p] / 2 + 0.5f;
         dst[p * c_ + c] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
       }
-    ++size_;
   }
+  size_.store(held + n, std::memory_order_relaxed);
 }
 
-void FrameRing::pop(float* out) {
-  if (size_ == 0) throw ArgumentError("FrameRing: empty");
+void FrameRing::pop(float* out, size_t height, size_t width) {
+  if (height != h_ || width != w_)
+    throw ShapeError("FrameRing.pop: the ring holds " + std::to_string(h_) + "x" + std::to_string(w_) +
+                     " frames (height x width), got pop(" + std::to_string(height) + ", " + std::to_string(width) + ")");
+  if (!out) throw ArgumentError("FrameRing.pop: null output buffer");
+  const auto busy = use("pop");
+  const size_t held = size();
+  if (held == 0) throw ArgumentError("FrameRing.pop: the ring is empty (push frames first)");
   const size_t per = c_ * h_ * w_;
   std::memcpy(out, buf_.data() + head_ * per, per * sizeof(float));
   head_ = (head_ + 1) % capacity_;
-  --size_;
+  size_.store(held - 1, std::memory_order_relaxed);
 }
 
 }  // namespace fastgen

@@ -4,10 +4,12 @@
 // Latent layout is diffusers' AnimateDiff one: [batch, channels, frames, height * width].
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <functional>
 #include <vector>
 
+#include "common.h"
 #include "sampling/loop.h"
 #include "schedulers/scheduler.h"
 
@@ -39,26 +41,40 @@ struct VideoLoopShape {
 // blended into one preallocated accumulator with its per-frame weights, normalised by the summed
 // weights, and the scheduler steps the whole video. With one window (frames <= context_length)
 // this is exactly the plain loop. `x_in` holds (cfg ? 2 : 1) * batch * channels * window * hw floats.
+// Like sample_loop, it claims the scheduler until it returns.
 int video_sample_loop(Scheduler& s, float* latents, const VideoLoopShape& shape, float* x_in,
                       const WindowDenoiseFn& denoise, const StepCallback& callback, const LoopOptions& opt);
 
 // A fixed-capacity ring of decoded frames: push VAE output chunks [n, C, H, W] in about [-1, 1],
 // pop frames [H, W, C] in [0, 1] (diffusers' postprocess: clamp(x / 2 + 0.5, 0, 1)).
+// Every size is checked (ArgumentError / ShapeError, never out-of-bounds memory): the ring's
+// dimensions (all >= 1, the buffer's size representable), each push's frame shape and count, each
+// pop's frame size and an empty ring. Not thread-safe: push and pop claim the ring (UseFlag), so a
+// second thread using it meanwhile gets ConcurrentUseError; size() may be read at any time.
 class FrameRing {
  public:
   FrameRing(size_t capacity, size_t channels, size_t height, size_t width);
   size_t capacity() const { return capacity_; }
-  size_t size() const { return size_; }
+  size_t channels() const { return c_; }
+  size_t height() const { return h_; }
+  size_t width() const { return w_; }
+  size_t size() const { return size_.load(std::memory_order_relaxed); }
   size_t frame_floats() const { return c_ * h_ * w_; }
-  // Convert and store n frames; ArgumentError when fewer than n slots are free.
-  void push(const float* chw, size_t n);
-  // Copy the oldest frame (HWC) into out and drop it; ArgumentError when empty.
-  void pop(float* out);
+  // Convert and store the n frames [n, channels, height, width] at `chw`: ShapeError unless the frame
+  // shape is the ring's and n >= 1; ArgumentError when fewer than n slots are free (nothing stored).
+  void push(const float* chw, size_t n, size_t channels, size_t height, size_t width);
+  // Copy the oldest frame as [height, width, channels] into `out` (frame_floats() floats) and drop it:
+  // ShapeError unless height and width are the ring's; ArgumentError when the ring is empty.
+  void pop(float* out, size_t height, size_t width);
 
  private:
+  UseFlag::Guard use(const char* operation);
+
   size_t capacity_, c_, h_, w_;
-  size_t head_ = 0, size_ = 0;
+  size_t head_ = 0;
+  std::atomic<size_t> size_{0};
   std::vector<float> buf_;
+  UseFlag use_;
 };
 
 }  // namespace fastgen

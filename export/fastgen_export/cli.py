@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_export_arguments", "run_export", "add_build_trt_arguments", "run_build_trt", "main"]
+__all__ = ["add_export_arguments", "run_export", "add_build_trt_arguments", "run_build_trt",
+           "add_optimize_arguments", "run_optimize", "main"]
 
 
 def _log(prefix: str):
@@ -70,6 +71,42 @@ def run_build_trt(args: argparse.Namespace) -> int:
     build_trt(args.engine_dir, args.components, min_shapes=args.min_shape, opt_shapes=args.opt_shape,
               max_shapes=args.max_shape, fp16=args.fp16, timing_cache=args.timing_cache, workspace=workspace,
               cfg=args.cfg, log=_log("fastgen build-trt"))
+    return 0
+
+
+def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
+    from .optimize import DEFAULT_FORMAT, DEFAULT_NUM_PROMPTS, FORMATS, MAX_CALIBRATION_STEPS
+
+    p.add_argument("engine_dir", metavar="ENGINE", help="engine directory written by `fastgen export`")
+    p.add_argument("--int8", action="store_true", required=True,
+                   help="write an int8 variant (run it with --backend openvino --precision int8)")
+    p.add_argument("--int8-format", choices=tuple(FORMATS), default=DEFAULT_FORMAT,
+                   help="openvino (default): NNCF hybrid quantization, OpenVINO IR in int8/, variant 'int8'; "
+                        "ort-qdq: ONNX Runtime static QDQ of the denoiser in int8-ort/, variant 'int8-ort' "
+                        "(--backend onnxruntime --precision int8)")
+    p.add_argument("--calibration-prompts", metavar="FILE", default=None,
+                   help="calibration prompts, one a line (default: a built-in list; the demo engine: its grammar)")
+    p.add_argument("--num-calibration-prompts", type=int, default=None, metavar="N",
+                   help=f"how many prompts to calibrate on (default {DEFAULT_NUM_PROMPTS}; with a file: all of it)")
+    p.add_argument("--calibration-steps", type=int, default=None, metavar="N",
+                   help=f"denoising steps per calibration prompt (default: the engine's, at most "
+                        f"{MAX_CALIBRATION_STEPS}); every step's denoiser inputs are a calibration sample")
+    p.add_argument("--height", type=int, default=None, help="calibration image height (default: the engine's)")
+    p.add_argument("--width", type=int, default=None, help="calibration image width (default: the engine's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration runs and prompt draw (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    from .optimize import optimize
+
+    record = optimize(args.engine_dir, int8=args.int8, int8_format=args.int8_format,
+                      calibration_prompts_file=args.calibration_prompts, calibration_steps=args.calibration_steps,
+                      num_calibration_prompts=args.num_calibration_prompts, height=args.height,
+                      width=args.width, seed=args.seed,
+                      log=None if args.quiet else _log("fastgen optimize"))
+    comps = ", ".join(f"{c} ({v['method']})" for c, v in record["components"].items())
+    print(f"{args.engine_dir}: int8 variant ({record['method']}, backend {record['backend']}): {comps}")
     return 0
 
 

@@ -8,23 +8,23 @@ deterministic per seed, so the generator needs no files and no torch.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-    "white": (255, 255, 255),
-    "black": (0, 0, 0),
-}
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-
-_PROMPT_RE = re.compile(r"^\s*an? (\w+) (\w+) on an? (\w+) background\s*$", re.IGNORECASE)
+# The grammar (colors, shapes, captions) and the shape masks live in the runtime, which scores demo
+# images in `fastgen eval`; they are re-exported here.
+from fastgen.demo_eval import (  # noqa: F401  (re-exported)
+    COLORS,
+    SHAPES,
+    all_prompts,
+    grammar_words,
+    is_demo_prompt,
+    make_caption,
+    parse_prompt,
+    shape_mask,
+)
 
 
 @dataclass(frozen=True)
@@ -47,35 +47,6 @@ class ShapeSpec:
         return make_caption(self.shape, self.color, self.background)
 
 
-def make_caption(shape: str, color: str, background: str) -> str:
-    """The caption grammar: ``"a {color} {shape} on a {background} background"``."""
-    return f"a {color} {shape} on a {background} background"
-
-
-def parse_prompt(prompt: str) -> tuple[str, str, str]:
-    """Parse a caption of the grammar back into ``(shape, color, background)``.
-
-    Raises ``ValueError`` for text outside the grammar (unknown words, or equal colors).
-    """
-    m = _PROMPT_RE.match(prompt)
-    if m is None:
-        raise ValueError(f"not a demo prompt: {prompt!r}")
-    color, shape, background = (g.lower() for g in m.groups())
-    if shape not in SHAPES or color not in COLORS or background not in COLORS or color == background:
-        raise ValueError(f"not a demo prompt: {prompt!r}")
-    return shape, color, background
-
-
-def grammar_words() -> list[str]:
-    """Every word a caption can contain (the tokenizer's vocabulary)."""
-    return ["a", "on", "background", *SHAPES, *COLORS]
-
-
-def all_prompts() -> list[str]:
-    """All 90 captions of the grammar, in a fixed order."""
-    return [make_caption(s, c, b) for s in SHAPES for c in COLORS for b in COLORS if c != b]
-
-
 def sample_spec(rng: np.random.Generator, *, min_size: float = 0.35, max_size: float = 0.7,
                 max_offset: float = 0.1) -> ShapeSpec:
     """Draw a random shape, two different colors, a size and a roughly centred position."""
@@ -85,33 +56,6 @@ def sample_spec(rng: np.random.Generator, *, min_size: float = 0.35, max_size: f
     size = float(rng.uniform(min_size, max_size))
     cx, cy = (float(v) for v in 0.5 + rng.uniform(-max_offset, max_offset, size=2))
     return ShapeSpec(shape, color, background, cx, cy, size)
-
-
-def shape_mask(shape: str, height: int, width: int, box: tuple[float, float, float, float], *,
-               supersample: int = 4) -> np.ndarray:
-    """Coverage in [0, 1] of ``shape`` inscribed in ``box = (x0, y0, x1, y1)`` (pixel units).
-
-    A circle is the ellipse inscribed in the box, a square fills it, a triangle has its base on the
-    box's bottom edge and its apex at the top centre. Coverage is averaged over
-    ``supersample**2`` sub-pixel samples, which anti-aliases the edges.
-    """
-    x0, y0, x1, y1 = box
-    offsets = (np.arange(supersample) + 0.5) / supersample
-    ys = (np.arange(height)[:, None] + offsets[None, :]).reshape(-1)
-    xs = (np.arange(width)[:, None] + offsets[None, :]).reshape(-1)
-    # Normalised coordinates: u, v in [0, 1] inside the box.
-    u = ((xs - x0) / max(x1 - x0, 1e-6))[None, :]
-    v = ((ys - y0) / max(y1 - y0, 1e-6))[:, None]
-    if shape == "circle":
-        inside = (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
-    elif shape == "square":
-        inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
-    elif shape == "triangle":
-        inside = (v >= 0) & (v <= 1) & (np.abs(u - 0.5) <= 0.5 * v)
-    else:
-        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
-    inside = inside.reshape(height, supersample, width, supersample)
-    return inside.mean(axis=(1, 3))
 
 
 def render(spec: ShapeSpec, resolution: int = 64, *, supersample: int = 4) -> np.ndarray:

@@ -1,28 +1,32 @@
-"""What a diffusers pipeline folder becomes: its plan, its exportable components and its constants.
+"""Diffusers pipeline folders: their plan, their exportable components, and the image exporter.
 
-``plan_pipeline(folder)`` validates a ``save_pretrained`` folder (``model_index.json``, a supported
-pipeline class, every component folder present) without loading weights. ``build_component`` loads
-one model and wraps it in a module whose ``forward`` has the engine format's fixed input / output
-names and a float32 boundary (fp16 models cast inside). ``pipeline_config`` derives the manifest's
-``config`` section from the component configs.
+``DiffusersExporter.plan_folder(root, index)`` validates a ``save_pretrained`` folder (``model_index.json``, a
+supported pipeline class, every component folder present, every entry's library allow-listed) without
+loading weights. The ``build_*`` functions load one model and wrap it (:mod:`fastgen_export.wrappers`)
+in a module whose ``forward`` has the engine format's fixed input / output names and a float32
+boundary (fp16 models cast inside). :class:`ImageExporter` declares the text2img / inpaint engines of
+SD 1.x / 2.x, SDXL and SD3; :mod:`fastgen_export.video` derives the video exporters from
+:class:`DiffusersExporter` too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.util
-import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastgen.errors import ExportError
 
-__all__ = ["SUPPORTED_PIPELINES", "PipelinePlan", "TensorSpec", "ComponentSpec", "plan_pipeline",
-           "build_text_encoder", "build_denoiser", "build_vae", "pipeline_config",
-           "scheduler_config", "read_json", "T5_MAX_LENGTH"]
+from .base import Exporter
+from .sources import check_entries, import_class, model_index_entry, read_json, read_model_index
+from .spec import ComponentSpec, TensorSpec, TokenizerSpec
+
+__all__ = ["SUPPORTED_PIPELINES", "PipelinePlan", "DiffusersExporter", "ImageExporter", "plan_pipeline",
+           "build_text_encoder",
+           "build_denoiser", "build_vae", "load_model", "pipeline_config", "prediction_type", "T5_MAX_LENGTH"]
 
 #: diffusers pipeline class -> (family, engine kind). img2img classes share their text2img engine:
 #: the engine always carries the VAE encoder.
@@ -41,17 +45,10 @@ SUPPORTED_PIPELINES: dict[str, tuple[str, str]] = {
 T5_MAX_LENGTH = 256
 
 _CLIP_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
-# family -> (required model_index entries, optional ones)
-_FAMILY_COMPONENTS = {
-    "sd": (("text_encoder", "tokenizer", "unet", "vae", "scheduler"), ()),
-    "sdxl": (("text_encoder_2", "tokenizer_2", "unet", "vae", "scheduler"), ("text_encoder", "tokenizer")),
-    "sd3": (("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer", "vae", "scheduler"),
-            ("text_encoder_3", "tokenizer_3")),
-}
-_EXPECTED_CLASSES = {
-    "text_encoder": _CLIP_CLASSES, "text_encoder_2": _CLIP_CLASSES, "text_encoder_3": ("T5EncoderModel",),
-    "unet": ("UNet2DConditionModel",), "transformer": ("SD3Transformer2DModel",), "vae": ("AutoencoderKL",),
-}
+#: text encoder -> its tokenizer
+TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
+#: the base class a component's class must derive from, per library
+_MODEL_BASES = {"diffusers": "ModelMixin", "transformers": "PreTrainedModel"}
 
 
 @dataclass(frozen=True)
@@ -69,51 +66,6 @@ class PipelinePlan:
 
     def path(self, name: str) -> str:
         return os.path.join(self.root, name)
-
-
-def read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise ExportError(f"{path} is not a JSON object")
-    return data
-
-
-def plan_pipeline(root: str) -> PipelinePlan:
-    """Validate a diffusers pipeline folder and say what will be exported. Loads no weights."""
-    index_path = os.path.join(root, "model_index.json")
-    if not os.path.isfile(index_path):
-        raise ExportError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
-    index = read_json(index_path)
-    class_name = index.get("_class_name")
-    if class_name not in SUPPORTED_PIPELINES:
-        raise ExportError(f"unsupported pipeline class {class_name!r} in {index_path}; supported: "
-                          + ", ".join(sorted(SUPPORTED_PIPELINES)))
-    family, kind = SUPPORTED_PIPELINES[class_name]
-    required, optional = _FAMILY_COMPONENTS[family]
-    parts: dict[str, tuple[str, str]] = {}
-    for name in required + optional:
-        entry = index.get(name)
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] and entry[1]):
-            if name in required:
-                raise ExportError(f"{class_name} folder {root} has no {name!r} (model_index.json entry is {entry!r})")
-            continue
-        if not os.path.isdir(os.path.join(root, name)):
-            raise ExportError(f"missing component folder {name!r} in {root} (listed in model_index.json)")
-        library, cls = str(entry[0]), str(entry[1])
-        expected = _EXPECTED_CLASSES.get(name)
-        if expected and cls not in expected:
-            raise ExportError(f"unsupported {name} class {cls!r} in {root}; expected one of {', '.join(expected)}")
-        parts[name] = (library, cls)
-    # A text encoder without its tokenizer (or the reverse) cannot be used.
-    for te, tok in (("text_encoder", "tokenizer"), ("text_encoder_3", "tokenizer_3")):
-        if (te in parts) != (tok in parts):
-            raise ExportError(f"{root} has {te if te in parts else tok!r} without "
-                              f"{tok if te in parts else te!r}")
-    return PipelinePlan(root, class_name, family, kind, index, parts)
 
 
 def _has_accelerate() -> bool:
@@ -139,10 +91,7 @@ def load_model(plan: PipelinePlan, part: str):
     import torch
 
     library, cls_name = plan.parts[part]
-    try:
-        cls = getattr(importlib.import_module(library), cls_name)
-    except (ImportError, AttributeError) as e:
-        raise ExportError(f"cannot import {library}.{cls_name} for {part!r}: {e}") from e
+    cls = import_class(library, cls_name, entry=part, base=_MODEL_BASES.get(library))
     if library == "transformers":
         # Eager attention: the TorchScript exporter's SDPA symbolic mixes float32 into fp16 graphs
         # (invalid LayerNormalization types); eager matmul/softmax exports cleanly in both dtypes.
@@ -157,96 +106,12 @@ def load_model(plan: PipelinePlan, part: str):
     return model.eval().requires_grad_(False)
 
 
+def model_config(plan: PipelinePlan, part: str) -> dict[str, Any]:
+    """``<part>/config.json`` of the source folder (read safely, see :func:`fastgen_export.sources.read_json`)."""
+    return read_json(os.path.join(plan.path(part), "config.json"))
+
+
 # ---------------------------------------------------------------------------------------- components
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str  # ONNX boundary dtype: "float32" | "int64"
-    shape: tuple[int | str, ...]  # ints are fixed, strings are dynamic axes
-
-    def dynamic_axes(self) -> dict[int, str]:
-        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
-
-
-#: dims -> generator -> inputs in the order of ``ComponentSpec.inputs``
-InputMaker = Callable[[dict[str, int], Any], tuple]
-
-
-@dataclass
-class ComponentSpec:
-    name: str
-    module: Any  # torch.nn.Module with the fixed boundary
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    make_inputs: InputMaker
-    info: dict[str, Any] = field(default_factory=dict)  # facts for pipeline_config
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        axes = {t.name: t.dynamic_axes() for t in self.inputs + self.outputs}
-        return {k: v for k, v in axes.items() if v}
-
-
-def _boundary_modules():
-    import torch
-
-    class Boundary(torch.nn.Module):
-        """Float32 at the graph boundary; the wrapped model may compute in another dtype."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def cast_in(self, x):
-            dtype = next(self.model.parameters()).dtype
-            return x.to(dtype) if x.is_floating_point() else x
-
-    class ClipText(Boundary):
-        def forward(self, input_ids):
-            out = self.model(input_ids=input_ids, output_hidden_states=True)
-            pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
-            return out.last_hidden_state.float(), out.hidden_states[-2].float(), pooled.float()
-
-    class T5Text(Boundary):
-        def forward(self, input_ids):
-            return self.model(input_ids=input_ids).last_hidden_state.float()
-
-    class UNet(Boundary):
-        def forward(self, sample, timestep, encoder_hidden_states):
-            return self.model(self.cast_in(sample), timestep, self.cast_in(encoder_hidden_states),
-                              return_dict=False)[0].float()
-
-    class UNetXL(Boundary):
-        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
-            cond = {"text_embeds": self.cast_in(text_embeds), "time_ids": self.cast_in(time_ids)}
-            return self.model(self.cast_in(sample), timestep, self.cast_in(encoder_hidden_states),
-                              added_cond_kwargs=cond, return_dict=False)[0].float()
-
-    class SD3(Boundary):
-        def forward(self, hidden_states, timestep, encoder_hidden_states, pooled_projections):
-            return self.model(hidden_states=self.cast_in(hidden_states), timestep=timestep,
-                              encoder_hidden_states=self.cast_in(encoder_hidden_states),
-                              pooled_projections=self.cast_in(pooled_projections), return_dict=False)[0].float()
-
-    class VaeDecoder(Boundary):
-        def forward(self, latent):
-            return self.model.decode(self.cast_in(latent), return_dict=False)[0].float()
-
-    class VaeEncoder(Boundary):
-        def forward(self, sample):
-            return self.model.encode(self.cast_in(sample)).latent_dist.mean.float()
-
-    return dict(ClipText=ClipText, T5Text=T5Text, UNet=UNet, UNetXL=UNetXL, SD3=SD3, VaeDecoder=VaeDecoder,
-                VaeEncoder=VaeEncoder)
 
 
 def _token_ids(dims, gen, *, length: int, vocab: int, bos: int | None, eos: int | None, pad: int | None):
@@ -273,16 +138,17 @@ def _randn(gen, *shape):
 
 
 def build_text_encoder(plan: PipelinePlan, name: str, max_length: int) -> ComponentSpec:
+    from . import wrappers
+
     model = load_model(plan, name)
     cfg = model.config
-    mods = _boundary_modules()
     ids = TensorSpec("input_ids", "int64", ("batch", max_length))
     tok_ids = dict(length=max_length, vocab=cfg.vocab_size, bos=getattr(cfg, "bos_token_id", None),
                    eos=getattr(cfg, "eos_token_id", None), pad=getattr(cfg, "pad_token_id", None))
     if name == "text_encoder_3":
         d = cfg.d_model
         outputs = [TensorSpec("last_hidden_state", "float32", ("batch", max_length, d))]
-        return ComponentSpec(name, mods["T5Text"](model), [ids], outputs,
+        return ComponentSpec(name, wrappers.T5Text(model), [ids], outputs,
                              lambda dims, gen: (_token_ids(dims, gen, **{**tok_ids, "bos": None}),),
                              info={"hidden_size": d})
     d = cfg.hidden_size
@@ -290,7 +156,7 @@ def build_text_encoder(plan: PipelinePlan, name: str, max_length: int) -> Compon
     outputs = [TensorSpec("last_hidden_state", "float32", ("batch", max_length, d)),
                TensorSpec("penultimate_hidden_state", "float32", ("batch", max_length, d)),
                TensorSpec("pooled", "float32", ("batch", p))]
-    return ComponentSpec(name, mods["ClipText"](model), [ids], outputs,
+    return ComponentSpec(name, wrappers.ClipText(model), [ids], outputs,
                          lambda dims, gen: (_token_ids(dims, gen, **tok_ids),),
                          info={"hidden_size": d, "pooled_size": p})
 
@@ -303,7 +169,8 @@ def _timesteps(dims, gen):
 
 def build_denoiser(plan: PipelinePlan, *, text_length: int, pooled_size: int | None) -> ComponentSpec:
     """The UNet (SD, SDXL) or SD3 transformer. ``text_length`` is the fixed prompt-embedding length."""
-    mods = _boundary_modules()
+    from . import wrappers
+
     if plan.family == "sd3":
         model = load_model(plan, "transformer")
         cfg = model.config
@@ -323,7 +190,7 @@ def build_denoiser(plan: PipelinePlan, *, text_length: int, pooled_size: int | N
                 "joint_attention_dim": d, "pooled_projection_dim": p,
                 "max_latent_size": cfg.pos_embed_max_size * cfg.patch_size if cfg.pos_embed_max_size else None}
         outputs = [TensorSpec("noise_pred", "float32", ("batch", c_out, "latent_height", "latent_width"))]
-        return ComponentSpec("transformer", mods["SD3"](model), inputs, outputs, make, info=info)
+        return ComponentSpec("transformer", wrappers.SD3(model), inputs, outputs, make, info=info)
 
     model = load_model(plan, "unet")
     cfg = model.config
@@ -346,7 +213,7 @@ def build_denoiser(plan: PipelinePlan, *, text_length: int, pooled_size: int | N
         inputs += [TensorSpec("text_embeds", "float32", ("batch", pooled_size)),
                    TensorSpec("time_ids", "float32", ("batch", n_time))]
         info.update(addition_time_embed_dim=time_dim, time_ids_size=n_time)
-        wrapper = mods["UNetXL"](model)
+        wrapper = wrappers.UNetXL(model)
 
         def make(dims, gen):
             import torch
@@ -356,7 +223,7 @@ def build_denoiser(plan: PipelinePlan, *, text_length: int, pooled_size: int | N
             return (_randn(gen, b, c_in, h, w), _timesteps(dims, gen), _randn(gen, b, text_length, d),
                     _randn(gen, b, pooled_size), time_ids)
     elif cfg.addition_embed_type is None and cfg.class_embed_type is None:
-        wrapper = mods["UNet"](model)
+        wrapper = wrappers.UNet(model)
 
         def make(dims, gen):
             b, h, w = dims["batch"], dims["latent_height"], dims["latent_width"]
@@ -369,40 +236,36 @@ def build_denoiser(plan: PipelinePlan, *, text_length: int, pooled_size: int | N
 
 
 def build_vae(plan: PipelinePlan) -> tuple[ComponentSpec, ComponentSpec]:
-    """(vae_decoder, vae_encoder) sharing one loaded AutoencoderKL."""
+    """(vae_decoder, vae_encoder) sharing one loaded AutoencoderKL; both kept in fp32 (the SD / SDXL VAEs
+    overflow in fp16)."""
     import torch
 
-    mods = _boundary_modules()
+    from . import wrappers
+
     vae = load_model(plan, "vae")
     cfg = vae.config
     c = cfg.latent_channels
     info = {"latent_channels": c, "vae_scale_factor": 2 ** (len(cfg.block_out_channels) - 1),
             "scaling_factor": float(cfg.scaling_factor),
-            "shift_factor": float(cfg.shift_factor) if getattr(cfg, "shift_factor", None) is not None else 0.0}
+            "shift_factor": float(cfg.shift_factor) if getattr(cfg, "shift_factor", None) is not None else 0.0,
+            "sample_size": cfg.sample_size if isinstance(cfg.sample_size, int) else int(cfg.sample_size[0])}
     latent = ("batch", c, "latent_height", "latent_width")
     image = ("batch", cfg.in_channels, "height", "width")
-    dec = ComponentSpec("vae_decoder", mods["VaeDecoder"](vae), [TensorSpec("latent", "float32", latent)],
+    dec = ComponentSpec("vae_decoder", wrappers.VaeDecoder(vae), [TensorSpec("latent", "float32", latent)],
                         [TensorSpec("sample", "float32", ("batch", cfg.out_channels, "height", "width"))],
                         lambda dims, gen: (_randn(gen, dims["batch"], c, dims["latent_height"], dims["latent_width"]),),
-                        info=info)
+                        info=info, dtype="fp32")
 
     def make_image(dims, gen):
         shape = (dims["batch"], cfg.in_channels, dims["height"], dims["width"])
         return (torch.rand(*shape, generator=gen) * 2.0 - 1.0,)
 
-    enc = ComponentSpec("vae_encoder", mods["VaeEncoder"](vae), [TensorSpec("sample", "float32", image)],
-                        [TensorSpec("latent_mean", "float32", latent)], make_image, info=info)
+    enc = ComponentSpec("vae_encoder", wrappers.VaeEncoder(vae), [TensorSpec("sample", "float32", image)],
+                        [TensorSpec("latent_mean", "float32", latent)], make_image, info=info, dtype="fp32")
     return dec, enc
 
 
 # ------------------------------------------------------------------------------------------- config
-
-
-def scheduler_config(plan: PipelinePlan) -> dict[str, Any]:
-    path = os.path.join(plan.path("scheduler"), "scheduler_config.json")
-    if not os.path.isfile(path):
-        raise ExportError(f"missing scheduler config {path}")
-    return read_json(path)
 
 
 def prediction_type(sched: dict[str, Any]) -> str:
@@ -429,6 +292,7 @@ def pipeline_config(plan: PipelinePlan, info: dict[str, dict[str, Any]], tokeniz
         "vae_scale_factor": f,
         "scaling_factor": vae["scaling_factor"],
         "shift_factor": vae["shift_factor"],
+        "vae_sample_size": vae["sample_size"],
         "default_height": sample_h * f,
         "default_width": sample_w * f,
         "size_multiple": multiple,
@@ -451,3 +315,176 @@ def pipeline_config(plan: PipelinePlan, info: dict[str, dict[str, Any]], tokeniz
                    joint_attention_dim=den["joint_attention_dim"],
                    pooled_projection_dim=den["pooled_projection_dim"])
     return cfg
+
+
+# ----------------------------------------------------------------------------------------- exporters
+
+
+def _round(x: float, m: int) -> int:
+    return max(m, int(round(x / m)) * m)
+
+
+class DiffusersExporter(Exporter):
+    """A diffusers pipeline folder -> an engine. Subclasses declare which pipeline classes they take
+    (``PIPELINES``), the model_index entries each family needs (``FAMILY_COMPONENTS``: required, optional),
+    the classes allowed per entry (``EXPECTED_CLASSES``), and the components."""
+
+    PIPELINES: dict[str, tuple[str, str]] = {}
+    FAMILY_COMPONENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    EXPECTED_CLASSES: dict[str, tuple[str, ...]] = {}
+    #: (text encoder, tokenizer) pairs that must be both present or both absent
+    PAIRED: tuple[tuple[str, str], ...] = ()
+    #: keyword options of ``export()`` beyond the common ones that this exporter takes
+    EXTRA_OPTIONS: tuple[str, ...] = ()
+
+    def __init__(self, plan: PipelinePlan, *, source_id: str, **options: Any):
+        super().__init__(kind=plan.kind, family=plan.family, **options)
+        self.plan, self.source_id = plan, source_id
+
+    @classmethod
+    def plan_folder(cls, root: str, index: dict[str, Any]) -> PipelinePlan:
+        """Validate the folder ``root`` (whose checked model_index.json is ``index``). Loads no weights."""
+        index_path = os.path.join(root, "model_index.json")
+        check_entries(index, index_path)
+        class_name = index["_class_name"]
+        family, kind = cls.PIPELINES[class_name]
+        required, optional = cls.FAMILY_COMPONENTS[family]
+        parts: dict[str, tuple[str, str]] = {}
+        for name in required + optional:
+            entry = model_index_entry(index, name, index_path)
+            if entry is None:
+                if name in required:
+                    raise ExportError(f"{class_name} folder {root} has no {name!r} "
+                                      f"(model_index.json entry is {index.get(name)!r})")
+                continue
+            if not os.path.isdir(os.path.join(root, name)):
+                raise ExportError(f"missing component folder {name!r} in {root} (listed in model_index.json)")
+            expected = cls.EXPECTED_CLASSES.get(name)
+            if expected and entry[1] not in expected:
+                raise ExportError(f"unsupported {name} class {entry[1]!r} in {root}; expected one of "
+                                  f"{', '.join(expected)}")
+            parts[name] = entry
+        # A text encoder without its tokenizer (or the reverse) cannot be used.
+        for te, tok in cls.PAIRED:
+            if (te in parts) != (tok in parts):
+                raise ExportError(f"{root} has {te if te in parts else tok!r} without "
+                                  f"{tok if te in parts else te!r}")
+        return PipelinePlan(root, class_name, family, kind, index, parts)
+
+    # -- declarations shared by every diffusers engine
+    def source_info(self) -> dict[str, Any]:
+        import diffusers
+        import torch
+        import transformers
+
+        return {"id": self.source_id, "class": self.plan.class_name, "diffusers_version": diffusers.__version__,
+                "transformers_version": transformers.__version__, "torch_version": torch.__version__}
+
+    def scheduler_path(self) -> str | None:
+        return os.path.join(self.plan.path("scheduler"), "scheduler_config.json")
+
+    def tokenizer_specs(self) -> Iterable[TokenizerSpec]:
+        for te, tok in TOKENIZER_OF.items():
+            if self.plan.has(tok):
+                yield TokenizerSpec(tok, self.plan.path(tok), self.plan.parts[tok], text_encoder=te,
+                                    max_length=T5_MAX_LENGTH if tok == "tokenizer_3" else None)
+
+    def prepare(self) -> None:
+        den_cfg = model_config(self.plan, self.denoiser_name)
+        vae_cfg = model_config(self.plan, "vae")
+        try:
+            f = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+        except (KeyError, TypeError) as e:
+            raise ExportError(f"{self.plan.path('vae')}/config.json has no usable block_out_channels") from e
+        try:
+            export_hw, parity_hw = self.latent_dims(den_cfg)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ExportError(f"{self.plan.path(self.denoiser_name)}/config.json: unusable sample size / block "
+                              f"configuration ({type(e).__name__}: {e})") from e
+        self.den_cfg, self.vae_factor = den_cfg, f
+        self.export_dims = self.dims(2, export_hw, f)
+        self.parity_dims = self.dims(1, parity_hw, f)
+
+    @property
+    def denoiser_name(self) -> str:
+        return "transformer" if self.plan.family == "sd3" else "unet"
+
+    def max_length(self, tokenizer: str) -> int:
+        return self.manifest["tokenizers"][tokenizer]["max_length"]
+
+    # -- shapes
+    def latent_dims(self, cfg: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(traced latent height/width, parity latent height/width) from the denoiser config.
+
+        The trace uses half the model's sample size (cheaper; the graph is shape-generic), parity a
+        non-square 3/4 x 5/4 of it, so a size baked into the graph cannot go unnoticed."""
+        s = cfg.get("sample_size") or 64
+        sh, sw = (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+        if self.plan.family == "sd3":
+            m = int(cfg.get("patch_size") or 1)
+            max_side = (cfg.get("pos_embed_max_size") or 0) * m or None
+        else:
+            m = 2 ** (len(cfg["block_out_channels"]) - 1)
+            max_side = None
+        export_hw = (_round(sh / 2, m), _round(sw / 2, m))
+        parity_hw = (_round(sh * 3 / 4, m), _round(sw * 5 / 4, m))
+        if max_side:
+            parity_hw = (min(parity_hw[0], max_side), min(parity_hw[1], max_side))
+        if parity_hw == export_hw:
+            parity_hw = (parity_hw[0] + m, parity_hw[1] + 2 * m)
+        return export_hw, parity_hw
+
+    @staticmethod
+    def dims(batch: int, hw: tuple[int, int], f: int) -> dict[str, int]:
+        return {"batch": batch, "latent_height": hw[0], "latent_width": hw[1], "height": hw[0] * f,
+                "width": hw[1] * f}
+
+
+class ImageExporter(DiffusersExporter):
+    """SD 1.x / 2.x, SDXL, SD3 (text2img, img2img, inpainting): text encoders, UNet or SD3 transformer, VAE
+    decoder and encoder."""
+
+    PIPELINES = SUPPORTED_PIPELINES
+    FAMILY_COMPONENTS = {
+        "sd": (("text_encoder", "tokenizer", "unet", "vae", "scheduler"), ()),
+        "sdxl": (("text_encoder_2", "tokenizer_2", "unet", "vae", "scheduler"), ("text_encoder", "tokenizer")),
+        "sd3": (("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer", "vae", "scheduler"),
+                ("text_encoder_3", "tokenizer_3")),
+    }
+    EXPECTED_CLASSES = {
+        "text_encoder": _CLIP_CLASSES, "text_encoder_2": _CLIP_CLASSES, "text_encoder_3": ("T5EncoderModel",),
+        "unet": ("UNet2DConditionModel",), "transformer": ("SD3Transformer2DModel",), "vae": ("AutoencoderKL",),
+    }
+    PAIRED = (("text_encoder", "tokenizer"), ("text_encoder_3", "tokenizer_3"))
+
+    def components(self) -> Iterator[ComponentSpec]:
+        plan = self.plan
+        for te, tok in TOKENIZER_OF.items():
+            if plan.has(te):
+                yield build_text_encoder(plan, te, self.max_length(tok))
+        if plan.family == "sd3":
+            t5_len = self.max_length("tokenizer_3") if plan.has("tokenizer_3") else T5_MAX_LENGTH
+            text_length = self.max_length("tokenizer") + t5_len
+        else:
+            text_length = self.max_length("tokenizer" if plan.has("tokenizer") else "tokenizer_2")
+        pooled = self.info.get("text_encoder_2", {}).get("pooled_size")
+        yield build_denoiser(plan, text_length=text_length, pooled_size=pooled)
+        dec, enc = build_vae(plan)
+        yield dec
+        yield enc
+
+    def config(self) -> dict[str, Any]:
+        assert self.scheduler is not None
+        return pipeline_config(self.plan, self.info, self.manifest["tokenizers"], self.scheduler)
+
+
+def plan_pipeline(root: str) -> PipelinePlan:
+    """The plan of an image pipeline folder (what :class:`ImageExporter` would export). Loads no weights."""
+    index_path = os.path.join(root, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise ExportError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
+    index = read_model_index(root)
+    if index["_class_name"] not in SUPPORTED_PIPELINES:
+        raise ExportError(f"unsupported pipeline class {index['_class_name']!r} in {index_path}; supported: "
+                          + ", ".join(sorted(SUPPORTED_PIPELINES)))
+    return ImageExporter.plan_folder(root, index)

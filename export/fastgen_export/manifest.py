@@ -65,7 +65,16 @@ def base_manifest(*, kind: str, family: str, source: dict[str, Any], exporter: d
 
 
 def write_manifest(engine_dir: str, manifest: dict[str, Any]) -> str:
-    """Write ``fastgen.json`` atomically (temp file + rename) and return its path."""
+    """Write ``fastgen.json`` atomically (temp file + rename) and return its path. The manifest is first
+    checked with the runtime's own rules (``fastgen.manifest.validate_manifest_data``), so an exporter bug
+    cannot write an engine that ``Pipeline.load`` refuses."""
+    from fastgen.errors import ManifestError
+    from fastgen.manifest import validate_manifest_data
+
+    try:
+        validate_manifest_data(manifest)
+    except ManifestError as e:
+        raise ExportError(f"refusing to write an invalid manifest: {e}") from e
     path = os.path.join(engine_dir, MANIFEST_NAME)
     text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=engine_dir, prefix=".fastgen.json.")

@@ -1,9 +1,12 @@
-"""Tiny random-weight diffusers pipelines for tests, benchmarks and demos (no model hub needed).
+"""Tiny random-weight models for tests, benchmarks and demos (no model hub needed): the one home of
+every tiny-model builder. The exporters never import this module.
 
 ``build_tiny_pipeline(kind, out_dir)`` builds a pipeline with the *real* diffusers / transformers
 classes and layout, only with tiny configs and random weights, and saves it with
 ``save_pretrained``. The folder therefore loads with ``DiffusionPipeline.from_pretrained`` (for
 reference outputs) and exports with ``fastgen_export.export`` exactly like a hub checkpoint.
+``build_tiny_animatediff`` / ``build_tiny_svd`` do the same for the video pipelines, and
+``build_tiny_vit_gpt2`` / ``build_tiny_blip`` save tiny transformers captioners (word-level tokenizers).
 
 Kinds:
 
@@ -33,7 +36,8 @@ from fastgen.errors import InvalidArgumentError
 
 from .tiny_tokenizer import make_clip_tokenizer
 
-__all__ = ["KINDS", "VOCABULARY", "build_tiny_pipeline"]
+__all__ = ["KINDS", "VOCABULARY", "CAPTION_WORDS", "build_tiny_pipeline", "build_tiny_animatediff", "build_tiny_svd",
+           "build_tiny_vit_gpt2", "build_tiny_blip", "seeded_build"]
 
 KINDS = ("sd", "sd2v", "inpaint", "sdxl", "sd3", "sd3_t5")
 
@@ -248,6 +252,152 @@ def build_tiny_pipeline(kind: str, out_dir: str | os.PathLike, *, seed: int = 0,
             pipe = _build_sd3(scratch, kind == "sd3_t5", vae_scale_factor, overrides)
         pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+# ------------------------------------------------------------------------------------------ video
+
+
+def build_tiny_animatediff(out_dir: str | os.PathLike, *, seed: int = 0, motion_max_seq_length: int = 8,
+                           vae_scale_factor: int = 8, **overrides: dict[str, Any]) -> str:
+    """Save a tiny random-weight ``AnimateDiffPipeline`` (UNet2D + MotionAdapter) to ``out_dir``.
+
+    ``overrides``: ``unet=``, ``motion_adapter=``, ``vae=``, ``text_encoder=``, ``scheduler=`` config patches.
+    """
+    import torch
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    if not isinstance(motion_max_seq_length, int) or motion_max_seq_length < 1:
+        raise InvalidArgumentError(f"motion_max_seq_length must be an int >= 1, got {motion_max_seq_length!r}")
+    with seeded_build(out_dir, seed) as (out_dir, scratch):
+        tok, te = _clip_pair(scratch, "", overrides, projection=False)
+        unet = _unet(4, _CLIP_HIDDEN, overrides)
+        acfg = dict(block_out_channels=tuple(unet.config.block_out_channels), motion_layers_per_block=1,
+                    motion_num_attention_heads=2, motion_norm_num_groups=16,
+                    motion_max_seq_length=motion_max_seq_length, use_motion_mid_block=True)
+        acfg.update(overrides.get("motion_adapter", {}))
+        adapter = MotionAdapter(**acfg).eval()
+        # the motion modules' output projections are zero-initialised: give them weights so the
+        # temporal layers matter in parity tests
+        with torch.no_grad():
+            for name, p in adapter.named_parameters():
+                if "proj_out" in name and float(p.abs().max()) == 0.0:
+                    p.normal_(0.0, 0.05)
+        sched = _scheduler("DDIMScheduler", overrides, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                           num_train_timesteps=1000, steps_offset=1, clip_sample=False, set_alpha_to_one=False,
+                           timestep_spacing="linspace", prediction_type="epsilon")
+        vae = _vae(vae_scale_factor, 4, overrides, scaling_factor=0.18215)
+        pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=adapter,
+                                   scheduler=sched)
+        pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def build_tiny_svd(out_dir: str | os.PathLike, *, seed: int = 0, num_frames: int = 6) -> str:
+    """Save a tiny random-weight ``StableVideoDiffusionPipeline`` to ``out_dir``."""
+    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
+                           UNetSpatioTemporalConditionModel)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    with seeded_build(out_dir, seed) as (out_dir, _scratch):
+        unet = UNetSpatioTemporalConditionModel(
+            sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+            up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+            addition_time_embed_dim=8, projection_class_embeddings_input_dim=24, layers_per_block=1,
+            cross_attention_dim=32, num_attention_heads=(2, 4), num_frames=num_frames).eval()
+        vae = AutoencoderKLTemporalDecoder(in_channels=3, out_channels=3, block_out_channels=[32, 64],
+                                           down_block_types=["DownEncoderBlock2D"] * 2, layers_per_block=1,
+                                           latent_channels=4).eval()
+        enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, image_size=224,
+            intermediate_size=37, patch_size=32)).eval()
+        fe = CLIPImageProcessor(crop_size=224, size=224)
+        sched = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       prediction_type="v_prediction", interpolation_type="linear",
+                                       use_karras_sigmas=True, timestep_type="continuous", sigma_max=700.0,
+                                       sigma_min=0.002, steps_offset=1, timestep_spacing="leading")
+        pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=sched,
+                                            feature_extractor=fe)
+        pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+# ------------------------------------------------------------------------------------- captioners
+
+#: the words of the tiny captioners' word-level vocabularies (after their special tokens)
+CAPTION_WORDS = tuple(
+    "a photo of cat dog on the grass two sitting red blue car street man woman with table and in".split())
+
+
+def _wordlevel(specials: list[str], vocab_size: int | None):
+    """A whitespace word-level tokenizer: specials, CAPTION_WORDS, then filler words up to ``vocab_size``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = list(CAPTION_WORDS)
+    if vocab_size:
+        words += [f"w{i}" for i in range(vocab_size - len(specials) - len(words))]
+    vocab = {t: i for i, t in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok, vocab
+
+
+def build_tiny_vit_gpt2(out_dir: str | os.PathLike, *, seed: int = 0, encoder: dict[str, Any] | None = None,
+                        decoder: dict[str, Any] | None = None, vocab_size: int | None = None):
+    """Save a tiny random-weight ``VisionEncoderDecoderModel`` (ViT encoder + GPT-2 decoder with
+    cross-attention) with its tokenizer and image processor to ``out_dir``; returns the model.
+
+    Defaults: ViT 2 x 32 at 32x32 pixels, GPT-2 2 x 24 (decoder width != encoder width: exercises the
+    enc_to_dec projection), a word-level vocabulary of 23. ``encoder`` / ``decoder`` patch the configs;
+    ``vocab_size`` pads the vocabulary with filler words (so the LM head has a real model's cost).
+    """
+    from transformers import (GPT2Config, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil,
+                              VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
+
+    enc_cfg = {**dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                      image_size=32, patch_size=8), **(encoder or {})}
+    dec_cfg = {**dict(n_positions=64, n_embd=24, n_layer=2, n_head=2), **(decoder or {})}
+    with seeded_build(out_dir, seed) as (out_dir, _scratch):
+        tok, vocab = _wordlevel(["<|endoftext|>", "<unk>", "<pad>"], vocab_size)
+        enc = ViTConfig(**enc_cfg)
+        dec = GPT2Config(vocab_size=len(vocab), add_cross_attention=True, is_decoder=True, bos_token_id=0,
+                         eos_token_id=0, pad_token_id=2, **dec_cfg)
+        cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+        cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id = 0, 0, 2
+        model = VisionEncoderDecoderModel(config=cfg).eval()
+        g = model.generation_config
+        g.decoder_start_token_id, g.eos_token_id, g.pad_token_id = 0, 0, 2
+        model.save_pretrained(out_dir)
+        PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                unk_token="<unk>", pad_token="<pad>").save_pretrained(out_dir)
+        size = enc_cfg["image_size"]
+        ViTImageProcessorPil(size={"height": size, "width": size}).save_pretrained(out_dir)
+    return model
+
+
+def build_tiny_blip(out_dir: str | os.PathLike, *, seed: int = 0, text: dict[str, Any] | None = None,
+                    vision: dict[str, Any] | None = None, vocab_size: int | None = None):
+    """Save a tiny random-weight ``BlipForConditionalGeneration`` with its tokenizer and image processor to
+    ``out_dir``; returns the model. Defaults: text decoder and vision model 2 x 32, 32x32 pixels."""
+    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
+                              BlipTextConfig, BlipVisionConfig)
+
+    text_cfg = {**dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                       max_position_embeddings=64), **(text or {})}
+    vision_cfg = {**dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                         image_size=32, patch_size=8), **(vision or {})}
+    with seeded_build(out_dir, seed) as (out_dir, _scratch):
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+        _, vocab = _wordlevel(specials, vocab_size)
+        tc = BlipTextConfig(vocab_size=len(vocab), bos_token_id=5, sep_token_id=3, pad_token_id=0, eos_token_id=3,
+                            **text_cfg)
+        vc = BlipVisionConfig(**vision_cfg)
+        model = BlipForConditionalGeneration(BlipConfig(text_config=tc.to_dict(), vision_config=vc.to_dict())).eval()
+        model.save_pretrained(out_dir)
+        BertTokenizerFast(vocab=vocab, bos_token="[DEC]").save_pretrained(out_dir)
+        size = vision_cfg["image_size"]
+        BlipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(out_dir)
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:

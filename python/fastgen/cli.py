@@ -1,4 +1,4 @@
-"""The `fastgen` command line: export | build-trt | generate | caption | info | serve.
+"""The `fastgen` command line: export | build-trt | optimize | generate | caption | info | serve.
 
 Subcommands that need heavy dependencies import them lazily, so `fastgen generate` never loads
 torch, and `fastgen export` only needs the `export` extra.
@@ -17,14 +17,18 @@ EXPORT_COMMANDS = {
     "export": ("export a diffusers / transformers checkpoint to an engine directory",
                "add_export_arguments", "run_export"),
     "build-trt": ("build TensorRT plans for an engine directory", "add_build_trt_arguments", "run_build_trt"),
+    "optimize": ("write an int8 variant into an engine directory (calibrated on real runs)",
+                 "add_optimize_arguments", "run_optimize"),
 }
+# the extra each exporter subcommand needs (default "export")
+COMMAND_EXTRAS = {"optimize": "quantize"}
 
 
 def _add_export(sub: argparse._SubParsersAction, command: str | None) -> None:
     """The exporter's subcommands. Their arguments come from the exporter package, imported only when
     one of them runs (``fastgen generate`` never imports it)."""
     for name, (help_, add_name, run_name) in EXPORT_COMMANDS.items():
-        p = sub.add_parser(name, help=help_ + " (needs the 'export' extra)")
+        p = sub.add_parser(name, help=help_ + f" (needs the '{COMMAND_EXTRAS.get(name, 'export')}' extra)")
         if name == command:
             exp = _exporter()
             getattr(exp, add_name)(p)
@@ -49,6 +53,7 @@ _RUNTIME_COMMANDS = {
     "info": ("fastgen.commands.info", "print an engine directory's manifest"),
     "caption": ("fastgen.commands.caption", "caption images with a captioning engine"),
     "serve": ("fastgen.commands.serve", "serve engines over HTTP"),
+    "eval": ("fastgen.commands.eval", "quality gate: PSNR / SSIM / accuracy / speed of configuration B against A"),
 }
 
 

@@ -14,6 +14,8 @@ __all__ = [
     "ExportError",
     "UnsupportedError",
     "CancelledError",
+    "ResourceError",
+    "ConcurrentUseError",
 ]
 
 
@@ -59,3 +61,14 @@ class UnsupportedError(FastgenError):
 
 class CancelledError(FastgenError):
     """The work was cancelled (callback returned False, or the request was cancelled)."""
+
+
+class ResourceError(FastgenError, MemoryError):
+    """The core ran out of memory (std::bad_alloc), or a buffer would be too large to allocate."""
+
+
+class ConcurrentUseError(FastgenError, RuntimeError):
+    """An object that is not thread-safe (a Scheduler, a FrameRing) is already in use by a running call.
+
+    Raised instead of racing: ``clone()`` the scheduler (one per thread or generation) to use it concurrently.
+    """

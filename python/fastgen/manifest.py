@@ -332,6 +332,9 @@ TOP = S.Obj({
     "tokenizers": S.Map(TOKENIZER, max_items=16, nullable=True),
     "scheduler": S.Obj(nullable=True),  # {} or null: none; else checked against SCHEDULER
     "tensorrt": TENSORRT,
+    # precision variants written by `fastgen optimize`: each record is checked in full (types, safe paths,
+    # files, backend) by fastgen.backends.variants when it is loaded, so a damaged variant never blocks fp32
+    "variants": S.Map(S.Obj(), max_items=16, nullable=True),
 })
 
 

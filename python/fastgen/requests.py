@@ -17,21 +17,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageRequest", "VideoRequest", "ImageToVideoRequest", "CaptionRequest"]
+__all__ = ["TextDiffusionRequest", "ImageRequest", "VideoRequest", "ImageToVideoRequest", "CaptionRequest"]
 
 
 @dataclass(frozen=True)
-class ImageRequest:
-    """Text-to-image, image-to-image (``images``) or inpainting (``images`` and ``masks``)."""
+class TextDiffusionRequest:
+    """What every prompt-driven diffusion request holds (image and video alike)."""
 
-    mode: str  # "text2img" | "img2img" | "inpaint"
     prompts: tuple[str, ...]
     negative_prompts: tuple[str, ...] | None
     num_inference_steps: int
     guidance_scale: float
     height: int
     width: int
-    num_images_per_prompt: int
     seed: int
     latents: np.ndarray | None = field(repr=False)
     scheduler: Any
@@ -39,6 +37,14 @@ class ImageRequest:
     eta: float
     output_type: str
     callback: Any = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ImageRequest(TextDiffusionRequest):
+    """Text-to-image, image-to-image (``images``) or inpainting (``images`` and ``masks``)."""
+
+    mode: str  # "text2img" | "img2img" | "inpaint"
+    num_images_per_prompt: int
     images: tuple | None = field(repr=False)  # PIL images (img2img / inpaint)
     masks: tuple | None = field(repr=False)  # PIL images (inpaint)
     strength: float  # 1.0 for text2img
@@ -51,25 +57,12 @@ class ImageRequest:
 
 
 @dataclass(frozen=True)
-class VideoRequest:
+class VideoRequest(TextDiffusionRequest):
     """Text-to-video (AnimateDiff): ``frames`` frames per video, in context windows when longer than the
     motion module, or FIFO-Diffusion (``long_video="fifo"``)."""
 
-    prompts: tuple[str, ...]
-    negative_prompts: tuple[str, ...] | None
     num_frames: int
-    num_inference_steps: int
-    guidance_scale: float
-    height: int
-    width: int
     num_videos_per_prompt: int
-    seed: int
-    latents: np.ndarray | None = field(repr=False)
-    scheduler: Any
-    guidance_rescale: float
-    eta: float
-    output_type: str
-    callback: Any = field(repr=False)
     window_callback: Any = field(repr=False)
     context_length: int
     context_stride: int

@@ -1,15 +1,22 @@
-"""OpenVINO backend: the engine's ONNX files, compiled per input shape, fp32 or bf16.
+"""OpenVINO backend: the engine's ONNX files, compiled per input shape, fp32 or bf16; or its int8 variant.
 
-- The same ONNX graphs ONNX Runtime runs; no re-export (``pip install "fastgen[openvino]"``).
+- The same ONNX graphs ONNX Runtime runs; no re-export (``pip install "fastgen[openvino]"``). With
+  ``precision="int8"`` a component runs from the OpenVINO IR (``model.xml`` + ``model.bin``) of the
+  engine's int8 variant (``fastgen optimize ENGINE --int8``, see variants.py) when it has one; its int8
+  ops run in int8 (VNNI / AMX where the CPU has them), the ops left in float run in bf16 where the CPU has
+  native bf16, else in f32 (see float_hint).
 - **Static shapes.** Each distinct set of input shapes gets its own compiled model (the graph reshaped to
   those shapes and compiled), built on first use and kept in a bounded LRU per session. OpenVINO runs a
-  static-shape model faster than the dynamic one, and a service sees few shapes.
+  static-shape model faster than the dynamic one, and a service sees few shapes. A captioner's KV-cache
+  decoder (inputs ``past_key_values.*``), whose past length grows every token, is compiled once with
+  dynamic shapes instead.
 - **Compile cache on disk.** Compiled blobs go to OpenVINO's ``CACHE_DIR``
   (``$FASTGEN_CACHE_DIR/openvino/<precision>``, default ``~/.cache/fastgen/openvino/<precision>``), so a
   restarted service loads them instead of compiling again.
 - **Precision.** ``"fp32"`` (exact path: OpenVINO's CPU plugin would otherwise pick bf16 by itself on
   CPUs with native bf16, so f32 is asked for explicitly), ``"bf16"`` (bf16 matrix work, f32 inputs and
-  outputs) or ``"auto"`` (bf16 where the CPU has native bf16 (AVX512_BF16 / AMX), else fp32).
+  outputs) or ``"auto"`` (bf16 where the CPU has native bf16 (AVX512_BF16 / AMX), else fp32); ``"int8"``
+  for the int8 IR graphs (compile cache ``int8-bf16`` or ``int8-f32``).
 - **Threads.** One stream per compiled model; ``threads`` (default: OpenVINO's, all cores) bounds the
   threads one inference uses, so concurrent callers share the cores instead of oversubscribing them.
 """
@@ -25,7 +32,7 @@ import numpy as np
 from ..errors import BackendError, InvalidArgumentError, ModelLoadError, ShapeError, UnsupportedError
 from .base import Session, describe
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16", "auto", "int8")
 DEFAULT_MAX_SHAPES = 8
 
 _CORES: dict[str, object] = {}
@@ -70,6 +77,16 @@ def native_bf16() -> bool:
     return "BF16" in caps
 
 
+def float_hint(precision: str) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT for a resolved precision: the precision of the float work. For
+    "int8", the ops the int8 graph leaves in float (the weight-compressed linear layers, softmax, norms) run
+    in bf16 where the CPU has native bf16, like "auto" (SD 1.5's UNet: 1.10 s a call vs 1.58 s in f32, at
+    the same demo accuracy and PSNR), else in f32."""
+    if precision == "int8":
+        return "bf16" if native_bf16() else "f32"
+    return "bf16" if precision == "bf16" else "f32"
+
+
 def resolve_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision for the openvino backend must be one of {', '.join(PRECISIONS)}, "
@@ -83,18 +100,24 @@ class OvSession(Session):
     """One component on OpenVINO's CPU plugin, compiled per input shape."""
 
     def __init__(self, name: str, path: str, *, precision: str = "fp32", threads: int | None = None,
-                 max_shapes: int = DEFAULT_MAX_SHAPES):
+                 max_shapes: int = DEFAULT_MAX_SHAPES, static_shapes: bool | None = None):
         self.name, self.path = name, path
         self.precision = resolve_precision(precision)
+        self.float_precision = float_hint(self.precision)
+        # compile-cache folder: OpenVINO's cache key leaves the precision hint out (see cache_dir)
+        self._cache = self.precision if self.precision != "int8" else f"int8-{self.float_precision}"
         self.max_shapes = int(max_shapes)
         try:
-            self._model = core(self.precision).read_model(path)
+            self._model = core(self._cache).read_model(path)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
             raise ModelLoadError(f"component {name!r}: OpenVINO could not read {path}: {e}") from e
         self._inputs = {p.get_any_name(): p for p in self._model.inputs}
         self._outputs = [p.get_any_name() for p in self._model.outputs]
+        # a KV-cache decoder sees a new past length every token: one dynamic compile serves them all
+        self.static_shapes = (not any(k.startswith("past_key_values") for k in self._inputs)
+                              if static_shapes is None else bool(static_shapes))
         self._config = {
-            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "INFERENCE_PRECISION_HINT": self.float_precision,
             "NUM_STREAMS": "1",
             "PERFORMANCE_HINT": "LATENCY",
         }
@@ -134,7 +157,7 @@ class OvSession(Session):
 
     def compiled(self, feeds: dict[str, np.ndarray]):
         """The compiled model for these input shapes (LRU; compiled or loaded from the cache on first use)."""
-        key = tuple((k, feeds[k].shape) for k in self._inputs)
+        key = tuple((k, feeds[k].shape if self.static_shapes else None) for k in self._inputs)
         with self._lock:
             cm = self._compiled.get(key)
             if cm is not None:
@@ -145,10 +168,12 @@ class OvSession(Session):
             with self._lock:
                 cm = self._compiled.get(key)
             if cm is None:
-                model = self._model.clone()
-                model.reshape({k: _ov().PartialShape(list(shape)) for k, shape in key})
+                model = self._model
+                if self.static_shapes:
+                    model = model.clone()
+                    model.reshape({k: _ov().PartialShape(list(shape)) for k, shape in key})
                 try:
-                    cm = core(self.precision).compile_model(model, "CPU", self._config)
+                    cm = core(self._cache).compile_model(model, "CPU", self._config)
                 except Exception as e:
                     raise BackendError(f"{self.name}: OpenVINO could not compile for shapes {dict(key)}: {e}") from e
                 try:

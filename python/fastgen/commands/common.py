@@ -6,7 +6,7 @@ import argparse
 
 from ..backends import BACKENDS
 
-PRECISION_CHOICES = ("fp32", "bf16", "auto")
+PRECISION_CHOICES = ("fp32", "bf16", "auto", "int8")
 
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,7 +16,8 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                    help="fp32: the exact path (default); bf16 / auto (bf16 where the CPU has it natively) "
-                        "need --backend openvino; check a fast path with `fastgen eval`")
+                        "need --backend openvino; int8: the engine's int8 variant (`fastgen optimize ENGINE "
+                        "--int8`); check a fast path with `fastgen eval`")
     p.add_argument("--threads", type=int, default=None,
                    help="most threads one network call uses (openvino; default: all cores)")
 

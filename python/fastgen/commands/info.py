@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
               "default_width", "max_size"):
         if k in m.config:
             print(f"{k:18s} {m.config[k]}")
+    for name, v in (m.data.get("variants") or {}).items():
+        comps = ", ".join(v.get("components") or {}) if isinstance(v, dict) else "?"
+        print(f"variant    {name}: {v.get('backend', '?')} {v.get('method', '?')} ({comps}); "
+              f"load with precision={name!r}" if isinstance(v, dict) else f"variant    {name}: malformed")
     if m.tensorrt:
         print(f"tensorrt   {m.tensorrt.get('version')} plans: {', '.join(m.tensorrt.get('plans', {}))}")
     return 0

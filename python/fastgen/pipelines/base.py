@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from .._args import check_int, check_keywords
-from ..backends import BACKENDS, check_precision, open_session
+from ..backends import BACKENDS, check_precision, check_variant, open_session
 from ..backends.base import Session
 from ..errors import FastgenError, InvalidArgumentError, ManifestError
 from ..manifest import MANIFEST_NAME, Manifest, load_manifest
@@ -129,7 +129,8 @@ class Pipeline(ABC):
         """Open an engine directory and return the pipeline its manifest asks for.
 
         ``precision``: "fp32" (the exact path, the default); with ``backend="openvino"`` also "bf16" or
-        "auto" (bf16 where the CPU has native bf16). ``threads``: the most threads one network call uses
+        "auto" (bf16 where the CPU has native bf16); "int8" (openvino or onnxruntime) runs the engine's int8
+        variant, made by ``fastgen optimize ENGINE --int8``. ``threads``: the most threads one network call uses
         (openvino; default all cores). Components load lazily on first use and are shared with other
         pipelines of the same engine and settings.
         """
@@ -144,6 +145,7 @@ class Pipeline(ABC):
         if threads is not None:
             threads = check_int("threads", threads, 1, 1024)
         manifest = load_manifest(resolve_engine_dir(engine_dir))
+        check_variant(manifest, backend, precision)  # precision="int8": the engine's int8 variant, checked
         cls = pipeline_class(manifest)
         return cls(shared_components(manifest, backend, device, providers, session_options, precision, threads))
 

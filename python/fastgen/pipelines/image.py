@@ -8,7 +8,6 @@ defaults), not a subclass; the denoising loop runs in the C++ core.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import image as imgproc
-from .._args import (check_bool, check_callable, check_choice, check_float, check_int, check_prompts,
+from .._args import (check_bool, check_callable, check_choice, check_float,
                      check_seed, check_array)
 from ..errors import InvalidArgumentError, ManifestError
 from ..outputs import ImageOutput, Timer
@@ -24,7 +23,7 @@ from ..requests import ImageRequest
 from ..sampling import randn, sample_loop
 from ..schedulers import Scheduler
 from .base import Components, Pipeline
-from .stages import (Conditioning, ImageGeometry, SD3PromptEncoder, SDPromptEncoder, SDXLPromptEncoder, Schedulers,
+from .stages import (ImageGeometry, check_prompt_batch, check_steps_guidance, SD3PromptEncoder, SDPromptEncoder, SDXLPromptEncoder, Schedulers,
                      TextEncoders, Vae, tile_rows)
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -90,11 +89,8 @@ class ImagePipeline(Pipeline):
         """Check a call's arguments against this engine and return the complete request."""
         self.refuse_unknown(family_kwargs, self.prompt_encoder.keywords)
         extra = {k: self.prompt_encoder.keywords[k](k, v) for k, v in family_kwargs.items() if v is not None}
-        if prompt is None:
-            raise InvalidArgumentError("prompt is required: a string or a non-empty list of strings")
-        prompts = check_prompts("prompt", prompt)
-        negatives = None if negative_prompt is None else check_prompts("negative_prompt", negative_prompt,
-                                                                       len(prompts))
+        prompts, negatives, n = check_prompt_batch(prompt, negative_prompt, "num_images_per_prompt",
+                                                   num_images_per_prompt, MAX_IMAGES_PER_CALL)
         mode = "inpaint" if mask_image is not None else "img2img" if image is not None else "text2img"
         if mode == "inpaint" and image is None:
             raise InvalidArgumentError("mask_image needs image= (inpainting)")
@@ -109,13 +105,7 @@ class ImagePipeline(Pipeline):
         else:
             strength = check_float("strength", 0.8 if mode == "img2img" and strength is None
                                    else 1.0 if strength is None else strength, 0.0, 1.0, open_lo=True)
-        steps = self.default_steps if num_inference_steps is None else check_int(
-            "num_inference_steps", num_inference_steps, 1, 1000)
-        g = self.default_guidance if guidance_scale is None else check_float("guidance_scale", guidance_scale, 0.0)
-        n = check_int("num_images_per_prompt", num_images_per_prompt, 1, MAX_IMAGES_PER_CALL)
-        if len(prompts) * n > MAX_IMAGES_PER_CALL:
-            raise InvalidArgumentError(f"{len(prompts) * n} images in one call exceeds the limit of "
-                                       f"{MAX_IMAGES_PER_CALL}")
+        steps, g = check_steps_guidance(self, num_inference_steps, guidance_scale)
         images = None if image is None else imgproc.load_images("image", image)
         masks = None if mask_image is None else imgproc.load_images("mask_image", mask_image)
         h, w = self.geometry.resolve(height, width, images[0] if images else None)
@@ -307,9 +297,4 @@ class ImagePipeline(Pipeline):
         return x.astype(np.float32), blend, {}
 
 
-def replace(req: ImageRequest, **changes) -> ImageRequest:
-    """A variant of a validated request (e.g. the server's merged batch); not re-validated."""
-    return dataclasses.replace(req, **changes)
-
-
-__all__ = ["ImagePipeline", "Family", "FAMILIES", "Conditioning", "replace"]
+__all__ = ["ImagePipeline", "Family", "FAMILIES", "pipeline_class"]

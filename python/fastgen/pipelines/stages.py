@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _core
 from .. import image as imgproc
-from .._args import check_int, check_prompts, check_size_pair
+from .._args import check_float, check_int, check_prompts, check_size_pair
 from ..errors import InvalidArgumentError, ManifestError
 from ..schedulers import Scheduler, from_config
 from ..tokenizer import PromptTokenizer
@@ -74,6 +74,35 @@ class ImageGeometry:
 
     def latent_hw(self, height: int, width: int) -> tuple[int, int]:
         return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+
+# ------------------------------------------------------------------------------------ common arguments
+
+MAX_GUIDANCE = 1000.0  # beyond this the guided prediction overflows float32 for ordinary model outputs
+
+
+def check_prompt_batch(prompt: Any, negative_prompt: Any, per_prompt_name: str, per_prompt: Any,
+                       limit: int) -> tuple[list[str], list[str] | None, int]:
+    """(prompts, negative prompts or None, outputs per prompt) of a prompt-driven call; at most ``limit``
+    outputs in all."""
+    if prompt is None:
+        raise InvalidArgumentError("prompt is required: a string or a non-empty list of strings")
+    prompts = check_prompts("prompt", prompt)
+    negatives = None if negative_prompt is None else check_prompts("negative_prompt", negative_prompt, len(prompts))
+    n = check_int(per_prompt_name, per_prompt, 1, limit)
+    if len(prompts) * n > limit:
+        raise InvalidArgumentError(f"{len(prompts)} prompts x {per_prompt_name}={n} exceeds the limit of {limit} "
+                                   "outputs per call")
+    return prompts, negatives, n
+
+
+def check_steps_guidance(pipe, num_inference_steps: Any, guidance_scale: Any) -> tuple[int, float]:
+    """The call's steps and guidance scale, or the engine's defaults (``pipe.default_steps`` / ``_guidance``)."""
+    steps = pipe.default_steps if num_inference_steps is None else check_int(
+        "num_inference_steps", num_inference_steps, 1, 1000)
+    g = pipe.default_guidance if guidance_scale is None else check_float("guidance_scale", guidance_scale, 0.0,
+                                                                          MAX_GUIDANCE)
+    return steps, g
 
 
 # ------------------------------------------------------------------------------------ text

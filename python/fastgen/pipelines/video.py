@@ -23,13 +23,14 @@ import numpy as np
 
 from .. import _core
 from .. import image as imgproc
-from .._args import (check_array, check_callable, check_choice, check_float, check_int, check_prompts, check_seed)
+from .._args import check_array, check_callable, check_choice, check_float, check_int, check_seed
 from ..errors import InvalidArgumentError, ManifestError, UnsupportedError
 from ..outputs import Timer, VideoOutput
 from ..requests import VideoRequest
 from ..sampling import randn
 from .base import Components, Pipeline
-from .stages import ImageGeometry, Schedulers, SDPromptEncoder, TextEncoders, Vae
+from .stages import (ImageGeometry, Schedulers, SDPromptEncoder, TextEncoders, Vae, check_prompt_batch,
+                     check_steps_guidance)
 
 __all__ = ["TextToVideoPipeline", "VideoOutput", "pipeline_class", "VIDEO_OUTPUT_TYPES"]
 
@@ -81,19 +82,10 @@ class TextToVideoPipeline(Pipeline):
         ``long_video``: None or "context" (overlapping context windows), or "fifo" (FIFO-Diffusion
         diagonal denoising over the exported per-frame-timestep UNet)."""
         self.refuse_unknown(unknown)
-        if prompt is None:
-            raise InvalidArgumentError("prompt is required: a string or a non-empty list of strings")
-        prompts = check_prompts("prompt", prompt)
-        negatives = None if negative_prompt is None else check_prompts("negative_prompt", negative_prompt,
-                                                                       len(prompts))
+        prompts, negatives, n = check_prompt_batch(prompt, negative_prompt, "num_videos_per_prompt",
+                                                   num_videos_per_prompt, MAX_VIDEOS_PER_CALL)
         frames = check_int("num_frames", num_frames, 1, MAX_FRAMES)
-        steps = self.default_steps if num_inference_steps is None else check_int(
-            "num_inference_steps", num_inference_steps, 1, 1000)
-        g = self.default_guidance if guidance_scale is None else check_float("guidance_scale", guidance_scale, 0.0)
-        n = check_int("num_videos_per_prompt", num_videos_per_prompt, 1, MAX_VIDEOS_PER_CALL)
-        if len(prompts) * n > MAX_VIDEOS_PER_CALL:
-            raise InvalidArgumentError(f"{len(prompts) * n} videos in one call exceeds the limit of "
-                                       f"{MAX_VIDEOS_PER_CALL}")
+        steps, g = check_steps_guidance(self, num_inference_steps, guidance_scale)
         m = self.motion_max_seq_length
         if context_length is None:
             ctx = min(frames, m)
