@@ -466,9 +466,11 @@ def optimum_models(model: dict, cache: str, peer: dict, *, cal_size: int, cal_st
     return out
 
 
-def fastgen_int8(engine: str) -> dict:
-    """{'available': True, ...} when this build makes and runs int8 engines (``fastgen optimize --int8``);
-    else {'available': False, 'status': 'int8: not available in this build (...)'}."""
+def fastgen_int8(engine: str, calibration: dict | None = None) -> dict:
+    """{'available': True, ...} when this build makes and runs int8 engines (``fastgen optimize ENGINE
+    --int8``, an int8 variant in the engine directory, made once); else {'available': False, 'status':
+    'int8: not available in this build (...)'}. ``calibration`` ({'prompts', 'steps', 'size'}) calibrates
+    as the optimum peer does (the same prompts, steps and size); None: the command's defaults."""
     import importlib.util
 
     from fastgen.backends import PRECISIONS
@@ -480,17 +482,31 @@ def fastgen_int8(engine: str) -> dict:
         why.append(f"the openvino backend's precisions are {', '.join(PRECISIONS.get('openvino', ()))}")
     if why:
         return {"available": False, "status": f"{INT8_MISSING} ({'; '.join(why)})"}
-    marker = os.path.join(engine, ".bench-int8-done")
+    tag = "defaults" if calibration is None else "{prompts}p-{steps}s-{size}px".format(
+        prompts=len(calibration["prompts"]), steps=calibration["steps"], size=calibration["size"])
+    marker = os.path.join(engine, f".bench-int8-{tag}")
     if not os.path.isfile(marker):
-        t0 = time.perf_counter()
-        _log(f"fastgen optimize {engine} --int8")
-        p = subprocess.run([sys.executable, "-m", "fastgen.cli", "optimize", engine, "--int8"], capture_output=True,
-                           text=True, timeout=7200)
+        for old in os.listdir(engine):  # a re-run replaces the variant: the other calibrations' markers go
+            if old.startswith(".bench-int8-"):
+                os.remove(os.path.join(engine, old))
+        cmd = [sys.executable, "-m", "fastgen.cli", "optimize", engine, "--int8", "-q"]
+        with tempfile.TemporaryDirectory() as tmp:
+            if calibration is not None:
+                pfile = os.path.join(tmp, "prompts.txt")
+                with open(pfile, "w") as f:
+                    f.write("\n".join(calibration["prompts"]) + "\n")
+                cmd += ["--calibration-prompts", pfile, "--num-calibration-prompts", str(len(calibration["prompts"])),
+                        "--calibration-steps", str(calibration["steps"]), "--height", str(calibration["size"]),
+                        "--width", str(calibration["size"])]
+            _log(f"fastgen optimize {engine} --int8 ({tag})")
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
         if p.returncode != 0:
             return {"available": False, "status": f"{INT8_MISSING}: `fastgen optimize --int8` failed "
                                                   f"({p.returncode}): {p.stderr[-1500:]}"}
         with open(marker, "w") as f:
-            json.dump({"optimize_s": time.perf_counter() - t0}, f)
+            json.dump({"optimize_s": time.perf_counter() - t0, "command": " ".join(cmd[2:]),
+                       "calibration": calibration or "the command's defaults"}, f)
     with open(marker) as f:
         return {"available": True, **json.load(f)}
 
@@ -609,7 +625,9 @@ def bench_cpu_backends(model: dict, *, size: int, steps: int, calls: int = 1, ro
                         rec["skipped"][c] = f"not run: optimum's export failed: {e!r}"[-2000:]
     # fastgen int8
     if "fastgen-ov-int8" in configs:
-        i8 = fastgen_int8(model["engine"])
+        # calibrated as the optimum peer: the same prompts, steps and size
+        i8 = fastgen_int8(model["engine"], {"prompts": list(CALIBRATION_PROMPTS[:cal_prompts]), "steps": cal_steps,
+                                             "size": cal_size})
         rec["fastgen_int8"] = i8
         if not i8["available"]:
             rec["skipped"]["fastgen-ov-int8"] = i8["status"]
@@ -738,11 +756,10 @@ def demo_accuracy(n_prompts: int = 60, steps: int = 25, int8: bool = False, cach
         from fastgen.pipelines.base import _demo_dir
 
         engine = os.path.join(cache, "demo-int8-engine")
-        i8 = {"available": os.path.isfile(os.path.join(engine, ".bench-int8-done"))}
-        if not i8["available"]:
+        if not os.path.isfile(os.path.join(engine, ".bench-int8-defaults")):
             shutil.rmtree(engine, ignore_errors=True)
             shutil.copytree(_demo_dir(), engine)
-            i8 = fastgen_int8(engine)
+        i8 = fastgen_int8(engine)
         if i8["available"]:
             paths.append(("openvino", "int8"))
         else:
