@@ -167,7 +167,7 @@ def cpu_backends(rec: dict, path: str) -> str | None:
     if not rows:
         return None
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     x = np.arange(len(rows))
     stages = ("text_encode", "unet", "vae_decode")
     shades = ("#7f7f7f", "#4c72b0", "#55a868")
@@ -189,13 +189,14 @@ def cpu_backends(rec: dict, path: str) -> str | None:
     for i, r in enumerate(rows):
         a2.bar(i, r["peak_rss_mb"] / 1024, 0.65, color=CPU_SHADES.get(r["framework"], ("#999", "#ccc"))[
             0 if r["precision"] == "fp32" else 1])
-    a2.set_xticks(x, labels, fontsize=7)
+    a2.set_xticks(x, labels, fontsize=6, rotation=45)
     a2.set_ylabel("peak RSS, GiB (fresh process)")
     a2.set_title("Peak resident memory of the generating process", fontsize=9)
     t = rec.get("targets", {}).get("e2e_best_fastgen_vs_diffusers_fp32", {})
     sub = f"best fastgen vs diffusers fp32: {t['value']:.1f}x" if t.get("value") else ""
-    fig.suptitle(f"CPU backends: diffusers (torch) vs optimum-intel (OpenVINO) vs fastgen (ORT / OpenVINO). {sub}",
-                 fontsize=10)
+    load = f"1-min load {rec.get('load_avg_1m_start', 0):.1f} -> {rec.get('load_avg_1m_end', 0):.1f} (2 cores)"
+    fig.suptitle(f"CPU backends: diffusers (torch) vs optimum-intel (OpenVINO) vs fastgen (ORT / OpenVINO). {sub}. "
+                 f"{load}", fontsize=10)
     return _save(fig, path)
 
 

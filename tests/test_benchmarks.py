@@ -170,9 +170,9 @@ def test_run_all_video_reduced(tmp_path):
 @pytest.mark.slow
 def test_run_all_cpu_backends_reduced(tmp_path):
     """The CPU backends benchmark in a reduced mode: the tiny model at 64 px, 2 steps, one timed call per fresh
-    process (2 rounds), 4 demo prompts. Every configuration either has a row or says why it did not run (fastgen
-    int8 when this build lacks it; optimum-intel when its venv cannot be made), fp32 paths of different
-    runtimes give the same image (the same weights, latents and DDIM), and the targets are computed."""
+    process (2 rounds), 4 demo prompts. Every configuration either has a row or says why it did not run
+    (optimum-intel when its venv cannot be made), fastgen's int8 variant is made and runs, fp32 paths of
+    different runtimes give the same image (the same weights, latents and DDIM), and the targets are computed."""
     pytest.importorskip("openvino")
     out = tmp_path / "out"
     peer = os.path.join(os.path.expanduser("~"), ".cache", "fastgen-bench", "peer-venv")  # made once, kept
@@ -193,8 +193,14 @@ def test_run_all_cpu_backends_reduced(tmp_path):
         assert isinstance(why, str) and why, name
         if name.startswith("optimum"):
             assert why.startswith("not run"), why
-    if "fastgen-ov-int8" in d["skipped"]:
-        assert d["skipped"]["fastgen-ov-int8"].startswith("int8: not available in this build")
+    # this build has `fastgen optimize --int8`: the variant is made (calibrated as the optimum peer) and runs
+    assert "fastgen-ov-int8" in rows, d["skipped"].get("fastgen-ov-int8")
+    assert d["fastgen_int8"]["available"] is True
+    assert d["fastgen_int8"]["calibration"] == {"prompts": ["a photo of a dog on the grass", "a red car on the street"],
+                                                "steps": 2, "size": 64}
+    assert rows["fastgen-ov-int8"]["ran"]["sessions"]["unet"]["precision"] == "int8"
+    assert d["accuracy"]["fastgen-ov-int8"]["reference"] == "fastgen-ort-fp32"
+    assert _num(d["targets"]["unet_call_bf16_vs_ort_fp32"]["value"])
     for r in rows.values():
         assert all(_num(r["min"][k]) and r["min"][k] > 0 for k in ("text_encode", "unet", "vae_decode", "total")), r
         assert r["unet_calls"] == 2 and "warning" not in r, r
@@ -223,7 +229,7 @@ def test_run_all_cpu_backends_reduced(tmp_path):
         assert rows["optimum-fp32"]["ran"]["inference_precision_hint"]["unet"] != rows["optimum-bf16"]["ran"][
             "inference_precision_hint"]["unet"]
     demo = d["demo"]
-    assert demo["prompts"] == 4 and [(r["backend"], r["precision"]) for r in demo["rows"]][:3] == [
-        ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+    assert demo["prompts"] == 4 and [(r["backend"], r["precision"]) for r in demo["rows"]] == [
+        ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
     assert all(0 <= r["all"] <= 1 for r in demo["rows"])
     assert (out / "cpu_backends.png").stat().st_size > 1000
