@@ -30,8 +30,10 @@ int8 activations of the others); the calibration data are UNet inputs collected 
 ``InferRequestWrapper`` over a few prompts at the quick size and steps (optimum's default, 200 samples of
 conceptual_captions at 512 px and 50 steps, needs a hub download and ~30 min here).
 
-fastgen int8 (``fastgen optimize ENGINE --int8``, precision="int8") runs when this build has it;
-otherwise the JSON says "int8: not available in this build".
+fastgen int8 (``fastgen optimize ENGINE --int8``, precision="int8") runs when this build has it, its
+variant made once with the peer's calibration settings (the same prompts, steps and size:
+``--calibration-prompts / --calibration-steps / --height / --width``); otherwise the JSON says
+"int8: not available in this build".
 
 Accuracy: PSNR of each fast path against its fp32 counterpart (diffusers bf16 vs diffusers fp32, fastgen
 OpenVINO bf16 / int8 vs fastgen onnxruntime fp32, optimum bf16 / int8 vs optimum fp32), the max abs
