@@ -43,7 +43,7 @@ def exporter_for_pipeline(class_name: str) -> type[DiffusersExporter]:
 
 def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", opset: int = 18,
            overwrite: bool = False, optimize: bool = False, parity: bool = True, tolerance: float | None = None,
-           fifo_unet: bool = True, log: Log | None = _stderr) -> str:
+           fifo_unet: bool = True, lora_branches: bool = False, lora=(), log: Log | None = _stderr) -> str:
     """Export the diffusers pipeline ``src`` (a ``save_pretrained`` folder or a hub id), or a transformers
     captioner folder, to ``out``.
 
@@ -60,6 +60,11 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
             one timestep per frame that ``long_video="fifo"`` needs (it doubles the UNet on disk). False
             leaves it out; such an engine raises UnsupportedError for ``long_video="fifo"``. Other
             sources have no such component and ignore it.
+        lora_branches: image pipelines only: also export ``<component>_lora`` graphs of the text encoders and
+            the denoiser with low-rank side inputs at every Linear / Conv2d, so requests can carry any set of
+            LoRAs (``pipe(..., loras={FILE: strength})``) without a re-export (see :mod:`fastgen_export.lora`).
+        lora: LoRA ``.safetensors`` files to fuse into the weights permanently: ``{path: strength}`` or a list of
+            ``(path, strength)`` pairs (image pipelines only).
         log: progress sink (default: stderr); None silences it.
     Returns:
         the absolute path of the engine directory.
@@ -75,6 +80,9 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
         raise ExportError(f"tolerance must be > 0, got {tolerance!r}")
     if not isinstance(fifo_unet, bool):
         raise ExportError(f"fifo_unet must be True or False, got {fifo_unet!r}")
+    if not isinstance(lora_branches, bool):
+        raise ExportError(f"lora_branches must be True or False, got {lora_branches!r}")
+    fused = _lora_files(lora)
     out = output.check_output(out, overwrite, log)
     options: dict[str, Any] = dict(dtype=dtype, opset=opset, optimize=optimize, parity=parity, tolerance=tolerance,
                                    log=log)
@@ -97,7 +105,23 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     cls = exporter_for_pipeline(index["_class_name"])
     plan = cls.plan_folder(root, index)
     extra = {"fifo_unet": fifo_unet} if "fifo_unet" in cls.EXTRA_OPTIONS else {}
+    if lora_branches or fused:
+        if "lora_branches" not in cls.EXTRA_OPTIONS:
+            raise ExportError(f"LoRA options (--lora-branches, --lora) apply to image pipelines, not "
+                              f"{index['_class_name']}")
+        extra.update(lora_branches=lora_branches, lora_fuse=fused)
     return cls(plan, source_id=source_id, **options, **extra).export(out, overwrite=overwrite)
+
+
+def _lora_files(lora) -> list:
+    """``export(lora=...)`` -> [(fastgen.lora.LoraFile, strength)]; ExportError naming a bad file or strength."""
+    from fastgen.errors import FastgenError
+    from fastgen.lora import check_loras
+
+    try:
+        return list(check_loras(lora or None))
+    except FastgenError as e:
+        raise ExportError(f"lora: {e}") from e
 
 
 def _check_apart(root: str, out: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_export_arguments", "run_export", "add_build_trt_arguments", "run_build_trt",
+__all__ = ["add_export_arguments", "run_export", "parse_lora_arg", "add_build_trt_arguments", "run_build_trt",
            "add_optimize_arguments", "run_optimize", "main"]
 
 
@@ -33,7 +33,24 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="AnimateDiff sources: also export unet_fifo, the per-frame-timestep UNet that "
                         "`fastgen generate --long-video fifo` needs (default: exported; --no-fifo-unet leaves "
                         "it out and halves the UNet's disk size)")
+    p.add_argument("--lora-branches", action="store_true",
+                   help="image pipelines: also export text encoder / denoiser graphs with LoRA side inputs, so "
+                        "requests can use any LoRAs (generate --lora FILE:SCALE) without a re-export")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="fuse a LoRA .safetensors into the weights permanently, at strength SCALE (default 1); "
+                        "repeatable")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def parse_lora_arg(value: str) -> tuple[str, float]:
+    """``FILE[:SCALE]`` -> (FILE, SCALE); SCALE defaults to 1 (a FILE may itself hold ':' when SCALE is given)."""
+    path, sep, scale = value.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return value, 1.0
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -41,7 +58,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = export(args.src, args.out, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite,
                  optimize=args.optimize, parity=args.parity, tolerance=args.tolerance,
-                 fifo_unet=getattr(args, "fifo_unet", True),
+                 fifo_unet=getattr(args, "fifo_unet", True), lora_branches=getattr(args, "lora_branches", False),
+                 lora=[parse_lora_arg(v) for v in getattr(args, "lora", [])],
                  log=None if getattr(args, "quiet", False) else _log("fastgen export"))
     print(out)
     return 0

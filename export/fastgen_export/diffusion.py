@@ -457,18 +457,32 @@ class ImageExporter(DiffusersExporter):
     }
     PAIRED = (("text_encoder", "tokenizer"), ("text_encoder_3", "tokenizer_3"))
 
+    EXTRA_OPTIONS = ("lora_branches", "lora_fuse")
+
+    def __init__(self, plan: PipelinePlan, *, source_id: str, lora_branches: bool = False, lora_fuse=(),
+                 **options: Any):
+        super().__init__(plan, source_id=source_id, **options)
+        self.lora_branches, self.lora_fuse = lora_branches, list(lora_fuse)
+
     def components(self) -> Iterator[ComponentSpec]:
+        from . import lora
+
         plan = self.plan
+        record: dict[str, Any] = {}
+        with_lora = dict(fused=self.lora_fuse, branches=self.lora_branches, record=record)
         for te, tok in TOKENIZER_OF.items():
             if plan.has(te):
-                yield build_text_encoder(plan, te, self.max_length(tok))
+                yield from lora.component_specs(lambda: build_text_encoder(plan, te, self.max_length(tok)),
+                                                parity_dims={"batch": 1}, **with_lora)
         if plan.family == "sd3":
             t5_len = self.max_length("tokenizer_3") if plan.has("tokenizer_3") else T5_MAX_LENGTH
             text_length = self.max_length("tokenizer") + t5_len
         else:
             text_length = self.max_length("tokenizer" if plan.has("tokenizer") else "tokenizer_2")
         pooled = self.info.get("text_encoder_2", {}).get("pooled_size")
-        yield build_denoiser(plan, text_length=text_length, pooled_size=pooled)
+        yield from lora.component_specs(lambda: build_denoiser(plan, text_length=text_length, pooled_size=pooled),
+                                        parity_dims=self.parity_dims, **with_lora)
+        lora.record(self.manifest, record, self.lora_fuse, [n for n in self.info if not n.endswith("_lora")])
         dec, enc = build_vae(plan)
         yield dec
         yield enc

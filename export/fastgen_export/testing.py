@@ -37,7 +37,7 @@ from fastgen.errors import InvalidArgumentError
 from .tiny_tokenizer import make_clip_tokenizer
 
 __all__ = ["KINDS", "VOCABULARY", "CAPTION_WORDS", "build_tiny_pipeline", "build_tiny_animatediff", "build_tiny_svd",
-           "build_tiny_vit_gpt2", "build_tiny_blip", "seeded_build"]
+           "build_tiny_vit_gpt2", "build_tiny_blip", "seeded_build", "build_tiny_lora", "load_tiny_pipeline", "LORA_TARGETS"]
 
 KINDS = ("sd", "sd2v", "inpaint", "sdxl", "sd3", "sd3_t5")
 
@@ -320,6 +320,87 @@ def build_tiny_svd(out_dir: str | os.PathLike, *, seed: int = 0, num_frames: int
                                             feature_extractor=fe)
         pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+# ------------------------------------------------------------------------------------------ LoRA
+
+#: PEFT target modules of the tiny LoRAs: attention, feed-forward and the convolutions kohya LoRAs touch
+LORA_TARGETS = {
+    "unet": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv1",
+             "conv2", "time_emb_proj"],
+    "transformer": ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                    "ff.net.0.proj", "ff.net.2"],
+    "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+}
+
+
+def load_tiny_pipeline(pipeline_dir: str | os.PathLike, **kwargs):
+    """``DiffusionPipeline.from_pretrained`` of a tiny pipeline folder, its absent parts (saved as null, e.g.
+    SD3 without T5) passed as None."""
+    import json
+
+    import diffusers
+
+    with open(os.path.join(os.fspath(pipeline_dir), "model_index.json"), encoding="utf-8") as f:
+        index = json.load(f)
+    absent = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}
+    return diffusers.DiffusionPipeline.from_pretrained(os.fspath(pipeline_dir), **{**absent, **kwargs})
+
+
+def build_tiny_lora(pipeline_dir: str | os.PathLike, out_file: str | os.PathLike, *, seed: int = 0, rank: int = 4,
+                    alpha: float | None = None, text_encoders: bool = True, kohya: bool = False,
+                    denoiser_targets: list[str] | None = None) -> str:
+    """Save a random LoRA for the tiny pipeline at ``pipeline_dir`` to ``out_file`` (a .safetensors), made with
+    peft on the pipeline's own models and saved with the pipeline class's ``save_lora_weights`` (with the
+    LoraConfig as adapter metadata), so diffusers' ``load_lora_weights`` reads it. ``alpha`` (default: rank)
+    makes the scale alpha / rank. Both matrices are random (a trained LoRA's up matrix is not zero).
+    ``kohya``: the same tensors under kohya names (``lora_unet_..`` / ``lora_te{,1,2}_text_model_..``,
+    ``.lora_down`` / ``.lora_up`` / ``.alpha``) instead."""
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out_file = os.fspath(out_file)
+    pipe = load_tiny_pipeline(pipeline_dir)
+    denoiser = "transformer" if hasattr(pipe, "transformer") and pipe.transformer is not None else "unet"
+    parts = [denoiser] + ([n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+                          if text_encoders else [])
+    alpha = float(rank if alpha is None else alpha)
+    layers, metadata = {}, {}
+    gen = torch.Generator().manual_seed(seed)
+    for name in parts:
+        model = getattr(pipe, name)
+        targets = (denoiser_targets or LORA_TARGETS[denoiser]) if name == denoiser else LORA_TARGETS["text_encoder"]
+        cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False)
+        model.add_adapter(cfg)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "lora_A" in pname:
+                    p.copy_(torch.randn(p.shape, generator=gen) / (p[0].numel() ** 0.5))
+                elif "lora_B" in pname:
+                    p.copy_(torch.randn(p.shape, generator=gen) * (0.3 / rank ** 0.5))
+        layers[name] = get_peft_model_state_dict(model)
+        metadata[name] = cfg.to_dict()
+    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+    if kohya:
+        prefix = {denoiser: "lora_unet_", "text_encoder": "lora_te1_" if "text_encoder_2" in parts else "lora_te_",
+                  "text_encoder_2": "lora_te2_"}
+        sd = {}
+        for name, tensors in layers.items():
+            for key, t in tensors.items():
+                module, _, role = key.rpartition(".lora_")
+                module = ("text_model." + module) if name.startswith("text_encoder") else module
+                stem = prefix[name] + module.replace(".", "_")
+                sd[f"{stem}.lora_{'down' if role.startswith('A') else 'up'}.weight"] = t.contiguous()
+                sd[f"{stem}.alpha"] = torch.tensor(alpha)
+        save_file(sd, out_file)
+        return out_file
+    kw = {f"{n}_lora_layers": v for n, v in layers.items()}
+    kw.update({f"{n}_lora_adapter_metadata": v for n, v in metadata.items()})
+    type(pipe).save_lora_weights(os.path.dirname(os.path.abspath(out_file)), weight_name=os.path.basename(out_file),
+                                 **kw)
+    return out_file
 
 
 # ------------------------------------------------------------------------------------- captioners

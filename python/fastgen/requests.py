@@ -50,6 +50,8 @@ class ImageRequest(TextDiffusionRequest):
     strength: float  # 1.0 for text2img
     extra: dict  # family keywords (SDXL prompt_2 / sizes, SD3 prompt_2 / prompt_3)
     vae_tiling: bool = False  # decode in overlapping tiles, as diffusers' vae.enable_tiling()
+    #: ((fastgen.lora.LoraFile, strength), ...): LoRAs applied through the engine's LoRA branches; () for none
+    loras: tuple = ()
 
     @property
     def batch(self) -> int:

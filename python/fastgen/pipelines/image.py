@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import image as imgproc
+from .. import lora as loras_mod
 from .._args import (check_bool, check_callable, check_choice, check_float,
                      check_seed, check_array)
 from ..errors import InvalidArgumentError, ManifestError
@@ -80,12 +81,13 @@ class ImagePipeline(Pipeline):
         self.prompt_encoder = self._family.prompt_encoder(self.text, c)
         self.default_steps = int(c.get("default_steps", self._family.default_steps))
         self.default_guidance = float(c.get("default_guidance_scale", self._family.default_guidance))
+        self.loras = loras_mod.EngineLoras(manifest, self._family.denoiser)
 
     # ------------------------------------------------------------------ requests
     def validate(self, prompt=None, *, negative_prompt=None, num_inference_steps=None, guidance_scale=None,
                  height=None, width=None, num_images_per_prompt=1, seed=None, latents=None, scheduler=None,
                  guidance_rescale=0.0, output_type="pil", callback=None, eta=0.0, image=None, mask_image=None,
-                 strength=None, vae_tiling=False, **family_kwargs) -> ImageRequest:
+                 strength=None, vae_tiling=False, loras=None, **family_kwargs) -> ImageRequest:
         """Check a call's arguments against this engine and return the complete request."""
         self.refuse_unknown(family_kwargs, self.prompt_encoder.keywords)
         extra = {k: self.prompt_encoder.keywords[k](k, v) for k, v in family_kwargs.items() if v is not None}
@@ -126,10 +128,17 @@ class ImagePipeline(Pipeline):
             eta=check_float("eta", eta, 0.0), output_type=check_choice("output_type", output_type, OUTPUT_TYPES),
             callback=check_callable("callback", callback, "callback(step, timestep, latents) -> bool | None"),
             images=images, masks=masks, strength=strength, extra=extra,
-            vae_tiling=check_bool("vae_tiling", vae_tiling))
+            vae_tiling=check_bool("vae_tiling", vae_tiling), loras=self._check_loras(loras))
         if mode != "text2img" and self.denoising_steps(req) < 1:
             raise InvalidArgumentError(f"strength {strength} with {steps} steps leaves no denoising step")
         return req
+
+    def _check_loras(self, loras) -> tuple:
+        """``loras=``: {path: strength} -> ((LoraFile, strength), ...), checked against this engine's LoRA
+        branches (files read and cached by content hash; the combined feeds made once per set)."""
+        checked = loras_mod.check_loras(loras)
+        self.loras.check(checked)
+        return checked
 
     def img2img(self, prompt, image, strength=0.8, **kwargs) -> ImageOutput:
         """Image-to-image: noise the encoded image to ``strength`` and denoise the rest of the schedule.
@@ -197,8 +206,12 @@ class ImagePipeline(Pipeline):
         lh, lw = self.geometry.latent_hw(req.height, req.width)
         lat_shape = (batch, self.latent_channels, lh, lw)
 
+        lora_feeds = self.loras.feeds(req.loras)
+        prompt_encoder = self.prompt_encoder
+        if set(lora_feeds) - {self._family.denoiser}:  # a LoRA on the text encoders
+            prompt_encoder = self._family.prompt_encoder(self.text.with_lora(lora_feeds), self.manifest.config)
         with timer.stage("text_encode"):
-            cond = self.prompt_encoder(list(req.prompts), None if req.negative_prompts is None
+            cond = prompt_encoder(list(req.prompts), None if req.negative_prompts is None
                                        else list(req.negative_prompts), req.num_images_per_prompt, cfg,
                                        dict(req.extra, height=req.height, width=req.width))
         post_step = None
@@ -211,7 +224,8 @@ class ImagePipeline(Pipeline):
             with timer.stage("vae_encode"):
                 x, post_step, extra_inputs = self._image_latents(req, sched, lat_shape, cfg)
 
-        net = self.session(self._family.denoiser)
+        graph, side = lora_feeds.get(self._family.denoiser, (self._family.denoiser, {}))
+        net = self.session(graph)
         sample_name = self._family.sample_input
         unet_time, calls = [0.0], [0]
 
@@ -220,8 +234,8 @@ class ImagePipeline(Pipeline):
             if extra_inputs:
                 xin = np.concatenate([xin, extra_inputs["mask"], extra_inputs["masked_image_latents"]], axis=1)
             t1 = time.perf_counter()
-            out = net.run({sample_name: xin, "timestep": np.full((xin.shape[0],), t, np.float32), **cond.arrays},
-                          ["noise_pred"])["noise_pred"]
+            out = net.run({sample_name: xin, "timestep": np.full((xin.shape[0],), t, np.float32), **cond.arrays,
+                           **side}, ["noise_pred"])["noise_pred"]
             unet_time[0] += time.perf_counter() - t1
             return out if out.dtype == np.float32 else out.astype(np.float32)
 

@@ -117,9 +117,17 @@ class Conditioning:
 class TextEncoders:
     """Tokenizers and text-encoder sessions of an engine (``session``: the pipeline's session getter)."""
 
-    def __init__(self, session: SessionGetter, manifest):
+    def __init__(self, session: SessionGetter, manifest, lora: dict | None = None):
         self.session, self.manifest = session, manifest
         self._tokenizers: dict[str, PromptTokenizer] = {}
+        self.lora = lora or {}  # encoder -> (its LoRA graph, side inputs): see with_lora
+
+    def with_lora(self, feeds: dict) -> "TextEncoders":
+        """A view sharing the tokenizers that runs the encoders in ``feeds`` ({encoder: (LoRA graph, side
+        inputs)}, from fastgen.lora.EngineLoras.feeds) through their LoRA graphs."""
+        view = TextEncoders(self.session, self.manifest, feeds)
+        view._tokenizers = self._tokenizers
+        return view
 
     def tokenizer(self, name: str) -> PromptTokenizer:
         t = self._tokenizers.get(name)
@@ -132,7 +140,8 @@ class TextEncoders:
 
     def encode(self, encoder: str, tokenizer: str, prompts: list[str]) -> dict[str, np.ndarray]:
         ids = self.tokenizer(tokenizer)(prompts)
-        return self.session(encoder).run({"input_ids": ids})
+        graph, side = self.lora.get(encoder, (encoder, {}))
+        return self.session(graph).run({"input_ids": ids, **side})
 
 
 def _cfg_rows(neg: np.ndarray, pos: np.ndarray, n: int, cfg: bool) -> np.ndarray:
