@@ -178,3 +178,24 @@ def test_cached_by_content_hash(loras, tmp_path):
     assert lora.load_lora(a) is lora.load_lora(a)
     os.utime(copy, ns=(1, 1))
     assert lora.load_lora(str(copy)).sha256 == lora.load_lora(a).sha256
+
+
+def test_cli_generate_and_export_lora(loras, tmp_path):
+    from PIL import Image
+
+    from fastgen.cli import main
+
+    src, eng = tiny_engine("sd", export_options=BRANCHES)
+    a, b = loras("sd")
+    args = ["generate", eng, "a cat", "--steps", "3", "--height", "48", "--width", "64", "--seed", "4",
+            "--no-progress"]
+    assert main(args + ["--lora", f"{a}:0.8", "--lora", b, "-o", str(tmp_path / "l.png")]) == 0
+    want = fastgen.Pipeline.load(eng)("a cat", num_inference_steps=3, height=48, width=64, seed=4,
+                                      loras={a: 0.8, b: 1.0}).images[0]
+    got = Image.open(tmp_path / "l.png")
+    assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(want))
+    assert "a.safetensors:0.8" in got.text["fastgen:loras"]
+    assert main(args + ["--lora", f"{a}:nan", "-o", str(tmp_path / "n.png")]) == 2
+    assert main(["export", src, str(tmp_path / "fused"), "-q", "--no-parity", "--lora", f"{a}:0.5"]) == 0
+    assert fastgen.Pipeline.load(tmp_path / "fused").manifest.data["lora_fused"][0]["scale"] == 0.5
+    assert main(["export", src, str(tmp_path / "bad"), "-q", "--no-parity", "--lora", str(tmp_path / "x.bin")]) == 2

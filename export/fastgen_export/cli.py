@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_export_arguments", "run_export", "parse_lora_arg", "add_build_trt_arguments", "run_build_trt",
+__all__ = ["add_export_arguments", "run_export", "add_build_trt_arguments", "run_build_trt",
            "add_optimize_arguments", "run_optimize", "main"]
 
 
@@ -42,18 +42,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
-def parse_lora_arg(value: str) -> tuple[str, float]:
-    """``FILE[:SCALE]`` -> (FILE, SCALE); SCALE defaults to 1 (a FILE may itself hold ':' when SCALE is given)."""
-    path, sep, scale = value.rpartition(":")
-    if sep and path:
-        try:
-            return path, float(scale)
-        except ValueError:
-            pass
-    return value, 1.0
-
-
 def run_export(args: argparse.Namespace) -> int:
+    from fastgen.lora import parse_lora_arg
+
     from .api import export
 
     out = export(args.src, args.out, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite,

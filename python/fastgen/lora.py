@@ -39,7 +39,7 @@ import numpy as np
 from ._args import check_float
 from .errors import InvalidArgumentError, ManifestError, UnsupportedError
 
-__all__ = ["DEFAULT_MAX_RANK", "MAX_LORAS", "LoraFile", "EngineLoras", "load_lora", "check_loras"]
+__all__ = ["DEFAULT_MAX_RANK", "MAX_LORAS", "LoraFile", "EngineLoras", "load_lora", "check_loras", "parse_lora_arg"]
 
 #: The most summed rank at any one module a request may feed (every LoRA of the request together). The
 #: graphs take any rank (a dynamic axis); this bounds the per-call cost: at rank 128 the branch of an SD 1.5
@@ -315,6 +315,18 @@ def check_loras(loras: Any) -> tuple[tuple[LoraFile, float], ...]:
         s = check_float(f"loras[{path!r}] (strength)", scale, -MAX_SCALE, MAX_SCALE)
         out.append((load_lora(path), s))
     return tuple(out)
+
+
+def parse_lora_arg(value: str) -> tuple[str, float]:
+    """The CLI's ``FILE[:SCALE]`` -> (FILE, SCALE); SCALE defaults to 1. The part after the last ':' is the
+    scale when it parses as a number (``nan`` does, and is refused by the strength check)."""
+    path, sep, scale = value.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return value, 1.0
 
 
 # ------------------------------------------------------------------------------------------ engines

@@ -9,6 +9,7 @@ import sys
 import time
 
 from ..errors import InvalidArgumentError
+from ..lora import parse_lora_arg
 from .common import add_backend_arguments, load_options
 
 
@@ -28,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", default=None, help="mask image (white = repaint): inpainting; needs --image")
     p.add_argument("--strength", type=float, default=None)
     p.add_argument("-n", "--num-images", type=int, default=1)
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="apply a LoRA .safetensors at strength SCALE (default 1); repeatable. Needs an engine "
+                        "exported with --lora-branches")
     add_backend_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # --- video engines (issue 9) ---
@@ -93,12 +97,15 @@ def run(args: argparse.Namespace) -> int:
     if pipe.kind == "captioning":
         raise InvalidArgumentError(f"{engine} is a captioning engine: use `fastgen caption`")
     if pipe.kind in ("text2video", "img2video"):
+        if args.lora:
+            raise InvalidArgumentError("--lora applies to image engines only")
         return _run_video(args, pipe, prompt, t0)
+    loras = [parse_lora_arg(v) for v in args.lora]
     # the same request the API builds: every argument checked before any work
     req = pipe.validate(prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
                         guidance_scale=args.guidance, height=args.height, width=args.width,
                         num_images_per_prompt=args.num_images, seed=args.seed, scheduler=args.scheduler,
-                        image=args.image, mask_image=args.mask, strength=args.strength)
+                        image=args.image, mask_image=args.mask, strength=args.strength, loras=loras or None)
     root, ext = os.path.splitext(args.output)
     n = req.batch
     paths = [args.output] if n == 1 else [f"{root}-{i}{ext or '.png'}" for i in range(n)]
@@ -114,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     meta = _png_info({"prompt": prompt, "negative_prompt": args.negative or "", "seed": out.seed,
                       "steps": req.num_inference_steps, "guidance_scale": req.guidance_scale,
                       "scheduler": args.scheduler or pipe.scheduler_config.get("_class_name", ""),
-                      "engine": os.path.basename(pipe.engine_dir), "generator": "fastgen"})
+                      "engine": os.path.basename(pipe.engine_dir), "generator": "fastgen",
+                      **({"loras": ", ".join(f"{lf.name}:{s:g} (sha256 {lf.sha256[:12]})" for lf, s in req.loras)}
+                         if req.loras else {})})
     for im, path in zip(out.images, paths):
         try:
             im.save(path, pnginfo=meta)
