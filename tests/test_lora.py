@@ -199,3 +199,62 @@ def test_cli_generate_and_export_lora(loras, tmp_path):
     assert main(["export", src, str(tmp_path / "fused"), "-q", "--no-parity", "--lora", f"{a}:0.5"]) == 0
     assert fastgen.Pipeline.load(tmp_path / "fused").manifest.data["lora_fused"][0]["scale"] == 0.5
     assert main(["export", src, str(tmp_path / "bad"), "-q", "--no-parity", "--lora", str(tmp_path / "x.bin")]) == 2
+
+
+def test_server_groups_requests_by_lora_set(loras, tmp_path):
+    """Concurrent requests with different LoRA sets run in separate batches (grouped by the batch key), those
+    with the same set share one; every image equals the same request sent alone."""
+    import asyncio
+    import base64
+    import io
+    import shutil
+
+    httpx = pytest.importorskip("httpx")
+    from PIL import Image
+
+    from fastgen.serve import create_app
+    from fastgen.serve.service import Service
+
+    _, eng = tiny_engine("sd", export_options=BRANCHES)
+    a, b = loras("sd")
+    for f in (a, b):
+        shutil.copy(f, tmp_path / os.path.basename(f))
+    pipe = fastgen.Pipeline.load(eng)
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(pipe, name)
+
+        def run(self, req):
+            calls.append((len(req.prompts), tuple(lf.name for lf, _ in req.loras)))
+            return pipe.run(req)
+
+    svc = Service({"sd": Counting()}, max_batch=8, max_wait_ms=500, warmup=False, lora_dir=str(tmp_path))
+    app = create_app({}, service=svc)
+    sets = [{"a.safetensors": 0.8}, {"b.safetensors": 1.0}, {"a.safetensors": 0.8}, None]
+    bodies = [{"prompt": f"a cat {i}", "seed": i, "steps": 3, "size": "64x64", **({"loras": s} if s else {})}
+              for i, s in enumerate(sets)]
+
+    async def post_all():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=120) as c:
+            return await asyncio.gather(*[c.post("/v1/generate", json=x) for x in bodies])
+
+    rs = asyncio.run(post_all())
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+    assert sorted(calls) == sorted([(2, ("a.safetensors",)), (1, ("b.safetensors",)), (1, ())])
+    for body, r, s in zip(bodies, rs, sets):
+        lr = None if s is None else {str(tmp_path / k): v for k, v in s.items()}
+        want = pipe(body["prompt"], seed=body["seed"], num_inference_steps=3, height=64, width=64, loras=lr).images[0]
+        got = Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"])))
+        assert np.array_equal(np.asarray(got), np.asarray(want))
+    bad = asyncio.run(_post(app, httpx, {"prompt": "x", "loras": {"../a.safetensors": 1}}))
+    assert bad.status_code == 400 and "file name" in bad.text
+    svc.close()
+
+
+async def _post(app, httpx, body):
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=60) as c:
+        return await c.post("/v1/generate", json=body)

@@ -304,7 +304,9 @@ class Service:
                  sizes: list[str] | None = None, max_images: int = 8, max_steps: int = 150,
                  max_body_bytes: int = 32 << 20, batching: bool = True, warmup: bool = True,
                  backend: str = "onnxruntime", device: str = "cpu", precision: str = "fp32",
-                 threads: int | None = None):
+                 threads: int | None = None, lora_dir: str | None = None):
+        # LoRA files requests may name ({"loras": {"style.safetensors": 0.8}}): only files directly in lora_dir
+        self.lora_dir = None if lora_dir is None else os.path.realpath(lora_dir)
         self.engines = load_engines(engines, backend=backend, device=device, precision=precision, threads=threads)
         self.api_key = api_key or None
         self.timeout_s = float(timeout_s)
@@ -412,7 +414,7 @@ class Service:
             allowed = {"model", "engine", "prompt", "negative_prompt", "n", "num_images", "num_images_per_prompt",
                        "size", "height", "width", "steps", "num_inference_steps", "guidance", "guidance_scale",
                        "guidance_rescale", "eta", "seed", "scheduler", "image", "mask", "mask_image", "strength",
-                       "stream", "async", "response_format", "output_format", "preview"}
+                       "stream", "async", "response_format", "output_format", "preview", "loras"}
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise bad(f"unknown field(s): {', '.join(unknown)}")
@@ -451,7 +453,7 @@ class Service:
                         seed=body.get("seed"), scheduler=body.get("scheduler"),
                         image=None if image is None else decode_image("image", image),
                         mask_image=None if mask is None else decode_image("mask", mask),
-                        strength=body.get("strength"), output_type="np")
+                        strength=body.get("strength"), output_type="np", loras=self._lora_paths(body.get("loras")))
         if self.sizes is not None and (req.width, req.height) not in self.sizes:
             allowed = ", ".join(f"{a}x{b}" for a, b in sorted(self.sizes))
             raise bad(f"size {req.width}x{req.height} is not allowed; allowed sizes: {allowed}")
@@ -475,8 +477,24 @@ class Service:
             cfg = pipe.uses_cfg(req.guidance_scale)
             key = (req.mode, req.height, req.width, req.num_inference_steps, str(req.scheduler), cfg,
                    req.guidance_scale if cfg else None, req.guidance_rescale, req.eta, req.negative_prompts is None,
-                   req.strength if req.mode == "img2img" else None)
+                   req.strength if req.mode == "img2img" else None,
+                   tuple((lf.sha256, s) for lf, s in req.loras))  # one LoRA set per batch: other sets are grouped
         return Work(engine=eng.name, key=key, params=p, size=n), opts
+
+    def _lora_paths(self, loras: Any) -> dict | None:
+        """``"loras": {"name.safetensors": strength}`` -> {path in lora_dir: strength} (names only, no paths)."""
+        if loras is None:
+            return None
+        if self.lora_dir is None:
+            raise bad("this server serves no LoRAs (it was started without a LoRA directory)")
+        if not isinstance(loras, dict):
+            raise bad("'loras' must be an object {\"name.safetensors\": strength}")
+        out = {}
+        for name, strength in loras.items():
+            if not name or os.path.basename(name) != name or name.startswith("."):
+                raise bad(f"'loras': {name!r} must be a file name in the server's LoRA directory")
+            out[os.path.join(self.lora_dir, name)] = strength
+        return out
 
     def parse_caption(self, body: Any) -> tuple[Work, dict]:
         if not isinstance(body, dict):
