@@ -166,6 +166,8 @@ def test_errors(loras, tmp_path):
         pipe("a cat", loras="a.safetensors")
     with pytest.raises(fastgen.UnsupportedError, match="no LoRA branches"):
         fastgen.Pipeline.load(tiny_engine("sd")[1])("a cat", loras={a: 1.0})
+    with pytest.raises(fastgen.UnsupportedError, match="onnxruntime backend"):
+        fastgen.Pipeline.load(eng, backend="openvino")("a cat", loras={a: 1.0})
 
 
 def test_cached_by_content_hash(loras, tmp_path):

@@ -73,8 +73,14 @@ class LoraBranches(torch.nn.Module):
         self.names = [t["name"] for t in tlist]
         self.slot: dict[str, tuple] = {}
         modules = dict(model.named_modules())
-        for name in self.names:
-            modules[name].forward = _branch_forward(modules[name], self.slot, name)
+        self._patched = [modules[name] for name in self.names]
+        for name, m in zip(self.names, self._patched):
+            m.forward = _branch_forward(m, self.slot, name)
+
+    def remove(self) -> None:
+        """Give the model's modules their own forward back (the model is then usable on its own again)."""
+        for m in self._patched:
+            m.__dict__.pop("forward", None)
 
     def forward(self, *args):
         base, side = args[:self.n_base], args[self.n_base:]

@@ -18,7 +18,7 @@ from .. import image as imgproc
 from .. import lora as loras_mod
 from .._args import (check_bool, check_callable, check_choice, check_float,
                      check_seed, check_array)
-from ..errors import InvalidArgumentError, ManifestError
+from ..errors import InvalidArgumentError, ManifestError, UnsupportedError
 from ..outputs import ImageOutput, Timer
 from ..requests import ImageRequest
 from ..sampling import randn, sample_loop
@@ -137,6 +137,9 @@ class ImagePipeline(Pipeline):
         """``loras=``: {path: strength} -> ((LoraFile, strength), ...), checked against this engine's LoRA
         branches (files read and cached by content hash; the combined feeds made once per set)."""
         checked = loras_mod.check_loras(loras)
+        if checked and self.backend != "onnxruntime":
+            raise UnsupportedError(f"LoRAs run on the onnxruntime backend (OpenVINO cannot compile the zero-size "
+                                   f"rank axes of the LoRA graphs); this pipeline uses {self.backend!r}")
         self.loras.check(checked)
         return checked
 
