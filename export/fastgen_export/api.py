@@ -43,7 +43,8 @@ def exporter_for_pipeline(class_name: str) -> type[DiffusersExporter]:
 
 def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", opset: int = 18,
            overwrite: bool = False, optimize: bool = False, parity: bool = True, tolerance: float | None = None,
-           fifo_unet: bool = True, lora_branches: bool = False, lora=(), log: Log | None = _stderr) -> str:
+           fifo_unet: bool = True, lora_branches: bool = False, lora=(), controlnet=(),
+           log: Log | None = _stderr) -> str:
     """Export the diffusers pipeline ``src`` (a ``save_pretrained`` folder or a hub id), or a transformers
     captioner folder, to ``out``.
 
@@ -65,6 +66,9 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
             LoRAs (``pipe(..., loras={FILE: strength})``) without a re-export (see :mod:`fastgen_export.lora`).
         lora: LoRA ``.safetensors`` files to fuse into the weights permanently: ``{path: strength}`` or a list of
             ``(path, strength)`` pairs (image pipelines only).
+        controlnet: diffusers ControlNetModel folders (SD 1.x / 2.x, SDXL): each is exported as
+            ``controlnet_<i>``, with ``unet_control``, the UNet taking their residuals (see
+            :mod:`fastgen_export.controlnet`).
         log: progress sink (default: stderr); None silences it.
     Returns:
         the absolute path of the engine directory.
@@ -105,11 +109,12 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     cls = exporter_for_pipeline(index["_class_name"])
     plan = cls.plan_folder(root, index)
     extra = {"fifo_unet": fifo_unet} if "fifo_unet" in cls.EXTRA_OPTIONS else {}
-    if lora_branches or fused:
+    controlnets = [os.fspath(c) for c in (controlnet or ())]
+    if lora_branches or fused or controlnets:
         if "lora_branches" not in cls.EXTRA_OPTIONS:
-            raise ExportError(f"LoRA options (--lora-branches, --lora) apply to image pipelines, not "
-                              f"{index['_class_name']}")
-        extra.update(lora_branches=lora_branches, lora_fuse=fused)
+            raise ExportError(f"adapter options (--lora-branches, --lora, --controlnet) apply to image pipelines, "
+                              f"not {index['_class_name']}")
+        extra.update(lora_branches=lora_branches, lora_fuse=fused, controlnets=controlnets)
     return cls(plan, source_id=source_id, **options, **extra).export(out, overwrite=overwrite)
 
 

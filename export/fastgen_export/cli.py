@@ -39,6 +39,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="fuse a LoRA .safetensors into the weights permanently, at strength SCALE (default 1); "
                         "repeatable")
+    p.add_argument("--controlnet", action="append", default=[], metavar="DIR",
+                   help="image pipelines (SD 1.x / 2.x, SDXL): export this diffusers ControlNetModel folder as "
+                        "controlnet_<i> (repeatable), with the UNet taking its residuals")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -51,6 +54,7 @@ def run_export(args: argparse.Namespace) -> int:
                  optimize=args.optimize, parity=args.parity, tolerance=args.tolerance,
                  fifo_unet=getattr(args, "fifo_unet", True), lora_branches=getattr(args, "lora_branches", False),
                  lora=[parse_lora_arg(v) for v in getattr(args, "lora", [])],
+                 controlnet=getattr(args, "controlnet", []),
                  log=None if getattr(args, "quiet", False) else _log("fastgen export"))
     print(out)
     return 0

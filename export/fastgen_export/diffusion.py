@@ -457,12 +457,13 @@ class ImageExporter(DiffusersExporter):
     }
     PAIRED = (("text_encoder", "tokenizer"), ("text_encoder_3", "tokenizer_3"))
 
-    EXTRA_OPTIONS = ("lora_branches", "lora_fuse")
+    EXTRA_OPTIONS = ("lora_branches", "lora_fuse", "controlnets")
 
     def __init__(self, plan: PipelinePlan, *, source_id: str, lora_branches: bool = False, lora_fuse=(),
-                 **options: Any):
+                 controlnets=(), **options: Any):
         super().__init__(plan, source_id=source_id, **options)
         self.lora_branches, self.lora_fuse = lora_branches, list(lora_fuse)
+        self.controlnets = list(controlnets)
 
     def components(self) -> Iterator[ComponentSpec]:
         from . import lora
@@ -483,6 +484,15 @@ class ImageExporter(DiffusersExporter):
         yield from lora.component_specs(lambda: build_denoiser(plan, text_length=text_length, pooled_size=pooled),
                                         parity_dims=self.parity_dims, **with_lora)
         lora.record(self.manifest, record, self.lora_fuse, [n for n in self.info if not n.endswith("_lora")])
+        if self.controlnets:
+            from .controlnet import controlnet_specs
+
+            den = build_denoiser(plan, text_length=text_length, pooled_size=pooled)
+            lora.fuse(den.module.model, den.name, self.lora_fuse)
+            specs, cn_record = controlnet_specs(self.controlnets, den, family=plan.family,
+                                                dims_export=self.export_dims, dims_parity=self.parity_dims)
+            yield from specs
+            self.manifest["controlnet"] = cn_record
         dec, enc = build_vae(plan)
         yield dec
         yield enc

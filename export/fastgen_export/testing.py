@@ -37,7 +37,7 @@ from fastgen.errors import InvalidArgumentError
 from .tiny_tokenizer import make_clip_tokenizer
 
 __all__ = ["KINDS", "VOCABULARY", "CAPTION_WORDS", "build_tiny_pipeline", "build_tiny_animatediff", "build_tiny_svd",
-           "build_tiny_vit_gpt2", "build_tiny_blip", "seeded_build", "build_tiny_lora", "load_tiny_pipeline", "LORA_TARGETS"]
+           "build_tiny_vit_gpt2", "build_tiny_blip", "seeded_build", "build_tiny_lora", "load_tiny_pipeline", "build_tiny_controlnet", "LORA_TARGETS"]
 
 KINDS = ("sd", "sd2v", "inpaint", "sdxl", "sd3", "sd3_t5")
 
@@ -401,6 +401,29 @@ def build_tiny_lora(pipeline_dir: str | os.PathLike, out_file: str | os.PathLike
     type(pipe).save_lora_weights(os.path.dirname(os.path.abspath(out_file)), weight_name=os.path.basename(out_file),
                                  **kw)
     return out_file
+
+
+def build_tiny_controlnet(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int = 0) -> str:
+    """Save a ControlNetModel for the tiny SD / SDXL pipeline at ``pipeline_dir`` (``ControlNetModel.from_unet``,
+    its conditioning embedding downsampling by the pipeline's VAE factor) to ``out_dir``; the zero-initialised
+    convolutions get random weights, so the residuals matter in parity tests."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(os.fspath(pipeline_dir), "unet"))
+    with open(os.path.join(os.fspath(pipeline_dir), "vae", "config.json"), encoding="utf-8") as f:
+        import json
+
+        factor = 2 ** (len(json.load(f)["block_out_channels"]) - 1)
+    levels = int(round(math.log2(factor))) + 1
+    with seeded_build(out_dir, seed) as (out_dir, _scratch):
+        cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(8 * 2 ** i for i in range(levels)))
+        with torch.no_grad():
+            for name, p in cn.named_parameters():
+                if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                    p.normal_(0.0, 0.1)
+        cn.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
 
 
 # ------------------------------------------------------------------------------------- captioners

@@ -91,16 +91,21 @@ def default_size(image: Image.Image, multiple: int) -> tuple[int, int]:
     return h - h % multiple, w - w % multiple
 
 
-def preprocess_image(images: list[Image.Image], height: int, width: int) -> np.ndarray:
-    """RGB images -> float32 NCHW in [-1, 1], resized (Lanczos) to (height, width) when needed."""
+def images_01(images: list[Image.Image], height: int, width: int) -> np.ndarray:
+    """RGB images -> float32 NCHW in [0, 1], resized (Lanczos) to (height, width) when needed (diffusers'
+    VaeImageProcessor without normalisation: ControlNet's control images)."""
     out = []
     for im in images:
         im = im.convert("RGB")
         if im.size != (width, height):
             im = im.resize((width, height), resample=_LANCZOS)
         out.append(np.asarray(im, dtype=np.float32) / 255.0)
-    arr = np.stack(out).transpose(0, 3, 1, 2)
-    return (2.0 * arr - 1.0).astype(np.float32)
+    return np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2))
+
+
+def preprocess_image(images: list[Image.Image], height: int, width: int) -> np.ndarray:
+    """RGB images -> float32 NCHW in [-1, 1], resized (Lanczos) to (height, width) when needed."""
+    return (2.0 * images_01(images, height, width) - 1.0).astype(np.float32)
 
 
 def preprocess_mask(masks: list[Image.Image], height: int, width: int) -> np.ndarray:

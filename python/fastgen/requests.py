@@ -52,6 +52,8 @@ class ImageRequest(TextDiffusionRequest):
     vae_tiling: bool = False  # decode in overlapping tiles, as diffusers' vae.enable_tiling()
     #: ((fastgen.lora.LoraFile, strength), ...): LoRAs applied through the engine's LoRA branches; () for none
     loras: tuple = ()
+    #: fastgen.pipelines.control.ControlRequest (control images, scales, guidance window, guess_mode) or None
+    control: Any = field(default=None, repr=False)
 
     @property
     def batch(self) -> int:

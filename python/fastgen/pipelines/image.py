@@ -24,6 +24,7 @@ from ..requests import ImageRequest
 from ..sampling import randn, sample_loop
 from ..schedulers import Scheduler
 from .base import Components, Pipeline
+from .control import ControlNets
 from .stages import (ImageGeometry, check_prompt_batch, check_steps_guidance, SD3PromptEncoder, SDPromptEncoder, SDXLPromptEncoder, Schedulers,
                      TextEncoders, Vae, tile_rows)
 
@@ -82,12 +83,15 @@ class ImagePipeline(Pipeline):
         self.default_steps = int(c.get("default_steps", self._family.default_steps))
         self.default_guidance = float(c.get("default_guidance_scale", self._family.default_guidance))
         self.loras = loras_mod.EngineLoras(manifest, self._family.denoiser)
+        self.controlnets = ControlNets(manifest, self.session)
 
     # ------------------------------------------------------------------ requests
     def validate(self, prompt=None, *, negative_prompt=None, num_inference_steps=None, guidance_scale=None,
                  height=None, width=None, num_images_per_prompt=1, seed=None, latents=None, scheduler=None,
                  guidance_rescale=0.0, output_type="pil", callback=None, eta=0.0, image=None, mask_image=None,
-                 strength=None, vae_tiling=False, loras=None, **family_kwargs) -> ImageRequest:
+                 strength=None, vae_tiling=False, loras=None, control_image=None, controlnet_conditioning_scale=None,
+                 control_guidance_start=None, control_guidance_end=None, guess_mode=False,
+                 **family_kwargs) -> ImageRequest:
         """Check a call's arguments against this engine and return the complete request."""
         self.refuse_unknown(family_kwargs, self.prompt_encoder.keywords)
         extra = {k: self.prompt_encoder.keywords[k](k, v) for k, v in family_kwargs.items() if v is not None}
@@ -128,7 +132,12 @@ class ImagePipeline(Pipeline):
             eta=check_float("eta", eta, 0.0), output_type=check_choice("output_type", output_type, OUTPUT_TYPES),
             callback=check_callable("callback", callback, "callback(step, timestep, latents) -> bool | None"),
             images=images, masks=masks, strength=strength, extra=extra,
-            vae_tiling=check_bool("vae_tiling", vae_tiling), loras=self._check_loras(loras))
+            vae_tiling=check_bool("vae_tiling", vae_tiling), loras=self._check_loras(loras),
+            control=self.controlnets.check(control_image, controlnet_conditioning_scale, control_guidance_start,
+                                           control_guidance_end, guess_mode, mode=mode, batch=batch))
+        if req.control is not None and req.loras:
+            raise UnsupportedError("LoRAs and a ControlNet in one request are not supported yet (the UNet graph "
+                                   "with ControlNet residuals has no LoRA branches)")
         if mode != "text2img" and self.denoising_steps(req) < 1:
             raise InvalidArgumentError(f"strength {strength} with {steps} steps leaves no denoising step")
         return req
@@ -228,6 +237,11 @@ class ImagePipeline(Pipeline):
                 x, post_step, extra_inputs = self._image_latents(req, sched, lat_shape, cfg)
 
         graph, side = lora_feeds.get(self._family.denoiser, (self._family.denoiser, {}))
+        ctl = req.control
+        if ctl is not None:
+            graph = self.controlnets.unet
+            ctl_images = self.controlnets.prepare(ctl, req.height, req.width, batch, req.num_images_per_prompt, cfg)
+            n_steps = len(sched.timesteps)
         net = self.session(graph)
         sample_name = self._family.sample_input
         unet_time, calls = [0.0], [0]
@@ -237,8 +251,10 @@ class ImagePipeline(Pipeline):
             if extra_inputs:
                 xin = np.concatenate([xin, extra_inputs["mask"], extra_inputs["masked_image_latents"]], axis=1)
             t1 = time.perf_counter()
+            more = side if ctl is None else self.controlnets.residuals(ctl, ctl_images, calls[0] - 1, n_steps, xin,
+                                                                       t, cond.arrays, cfg)
             out = net.run({sample_name: xin, "timestep": np.full((xin.shape[0],), t, np.float32), **cond.arrays,
-                           **side}, ["noise_pred"])["noise_pred"]
+                           **more}, ["noise_pred"])["noise_pred"]
             unet_time[0] += time.perf_counter() - t1
             return out if out.dtype == np.float32 else out.astype(np.float32)
 
