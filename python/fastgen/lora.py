@@ -123,7 +123,7 @@ class LoraFile:
                 if arr.ndim not in (2, 4):
                     raise InvalidArgumentError(f"tensor {key!r} has shape {list(arr.shape)}; LoRA matrices are "
                                                "2-D (linear) or 4-D (conv)")
-                setattr(m, role, arr.astype(np.float32))
+                setattr(m, role, arr if arr.dtype == np.float32 else arr.astype(np.float32))
         if not mods:
             raise InvalidArgumentError("the file holds no tensors")
         for m in mods.values():

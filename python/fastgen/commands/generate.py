@@ -32,6 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="apply a LoRA .safetensors at strength SCALE (default 1); repeatable. Needs an engine "
                         "exported with --lora-branches")
+    p.add_argument("--control-image", action="append", default=[], metavar="FILE",
+                   help="ControlNet control image (engines exported with --controlnet); one per ControlNet, in "
+                        "export order")
+    p.add_argument("--controlnet-scale", action="append", type=float, default=[], metavar="X",
+                   help="controlnet_conditioning_scale (default 1; once, or once per ControlNet)")
+    p.add_argument("--control-start", type=float, default=None, help="control_guidance_start (default 0)")
+    p.add_argument("--control-end", type=float, default=None, help="control_guidance_end (default 1)")
+    p.add_argument("--guess-mode", action="store_true", help="ControlNet guess mode")
     add_backend_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # --- video engines (issue 9) ---
@@ -97,15 +105,18 @@ def run(args: argparse.Namespace) -> int:
     if pipe.kind == "captioning":
         raise InvalidArgumentError(f"{engine} is a captioning engine: use `fastgen caption`")
     if pipe.kind in ("text2video", "img2video"):
-        if args.lora:
-            raise InvalidArgumentError("--lora applies to image engines only")
+        if args.lora or args.control_image:
+            raise InvalidArgumentError("--lora / --control-image apply to image engines only")
         return _run_video(args, pipe, prompt, t0)
     loras = [parse_lora_arg(v) for v in args.lora]
+    if args.lora and args.control_image:
+        raise InvalidArgumentError("--lora and --control-image together are not supported yet")
     # the same request the API builds: every argument checked before any work
     req = pipe.validate(prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
                         guidance_scale=args.guidance, height=args.height, width=args.width,
                         num_images_per_prompt=args.num_images, seed=args.seed, scheduler=args.scheduler,
-                        image=args.image, mask_image=args.mask, strength=args.strength, loras=loras or None)
+                        image=args.image, mask_image=args.mask, strength=args.strength, loras=loras or None,
+                        **_control_kwargs(args))
     root, ext = os.path.splitext(args.output)
     n = req.batch
     paths = [args.output] if n == 1 else [f"{root}-{i}{ext or '.png'}" for i in range(n)]
@@ -135,6 +146,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"seed {out.seed}, {steps_run} steps, {total:.2f}s total "
           f"({out.timings.get('total', 0):.2f}s generating)", file=sys.stderr)
     return 0
+
+
+def _control_kwargs(args: argparse.Namespace) -> dict:
+    """The ControlNet keywords of ``validate`` from --control-image / --controlnet-scale / ..."""
+    imgs, scales = args.control_image, args.controlnet_scale
+    if not imgs:
+        if scales or args.control_start is not None or args.control_end is not None or args.guess_mode:
+            raise InvalidArgumentError("--controlnet-scale / --control-start / --control-end / --guess-mode need "
+                                       "--control-image")
+        return {}
+    return {"control_image": imgs[0] if len(imgs) == 1 else imgs,
+            "controlnet_conditioning_scale": None if not scales else scales[0] if len(scales) == 1 else scales,
+            "control_guidance_start": args.control_start, "control_guidance_end": args.control_end,
+            "guess_mode": args.guess_mode}
 
 
 def _run_video(args: argparse.Namespace, pipe, prompt: str, t0: float) -> int:

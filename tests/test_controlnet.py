@@ -1,0 +1,123 @@
+"""ControlNet (text-to-image) against diffusers' StableDiffusion(XL)ControlNetPipeline on tiny random models."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fastgen
+from engines import tiny_engine
+from fastgen_export import testing
+
+KW = dict(num_inference_steps=4, guidance_scale=5.0, height=48, width=64, output_type="np")
+CLASSES = {"sd": "StableDiffusionControlNetPipeline", "sdxl": "StableDiffusionXLControlNetPipeline"}
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    """Per family: (source, [ControlNet folders], engine with one ControlNet, engine with both)."""
+    from fastgen_export.api import export
+
+    root = tmp_path_factory.mktemp("controlnet")
+    made = {}
+
+    def get(kind):
+        if kind not in made:
+            src, _ = tiny_engine(kind)
+            cns = [testing.build_tiny_controlnet(src, root / f"{kind}-cn{i}", seed=10 + i) for i in range(2)]
+            one = export(src, root / f"{kind}-one", controlnet=cns[:1], log=None)
+            two = export(src, root / f"{kind}-two", controlnet=cns, log=None)
+            made[kind] = (src, cns, one, two)
+        return made[kind]
+    return get
+
+
+def _reference(kind, src, nets):
+    import diffusers
+
+    kw = {"safety_checker": None, "requires_safety_checker": False} if kind == "sd" else {}
+    ref = getattr(diffusers, CLASSES[kind]).from_pretrained(src, controlnet=nets, **kw)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_multi_controlnet_matches_diffusers(kind, engines):
+    import diffusers
+
+    src, cns, _, two = engines(kind)
+    nets = [diffusers.ControlNetModel.from_pretrained(c) for c in cns]
+    ref = _reference(kind, src, nets)
+    pipe = fastgen.Pipeline.load(two)
+    lat = fastgen.randn((1, 4, 12, 16), seed=3)
+    base = pipe("a red cat", latents=lat, **KW).images
+    for guess in (False, True):
+        args = dict(controlnet_conditioning_scale=[0.7, 1.2], control_guidance_start=[0.0, 0.25],
+                    control_guidance_end=[0.75, 1.0], guess_mode=guess)
+        want = ref("a red cat", image=_images(), latents=torch.from_numpy(lat), **args, **KW).images
+        got = pipe("a red cat", control_image=_images(), latents=lat, **args, **KW).images
+        assert np.abs(got - want).max() < 2e-3
+        assert np.abs(got - base).max() > 0.05
+
+
+def test_single_controlnet_batch_and_no_control(engines):
+    import diffusers
+
+    src, cns, one, _ = engines("sd")
+    ref = _reference("sd", src, diffusers.ControlNetModel.from_pretrained(cns[0]))
+    pipe = fastgen.Pipeline.load(one)
+    lat = fastgen.randn((4, 4, 12, 16), seed=5)
+    kw = dict(KW, num_images_per_prompt=2, negative_prompt=["blurry", "ugly"])
+    want = ref(["a cat", "a dog"], image=_images()[0], latents=torch.from_numpy(lat),
+               controlnet_conditioning_scale=0.8, **kw).images
+    got = pipe(["a cat", "a dog"], control_image=_images()[0], latents=lat, controlnet_conditioning_scale=0.8,
+               **kw).images
+    assert np.abs(got - want).max() < 2e-3
+    # without a control image the plain UNet runs: the engine's images equal the ControlNet-free engine's
+    plain = fastgen.Pipeline.load(tiny_engine("sd")[1])(["a cat", "a dog"], latents=lat, **kw).images
+    assert np.array_equal(pipe(["a cat", "a dog"], latents=lat, **kw).images, plain)
+
+
+def test_errors(engines):
+    _, _, one, two = engines("sd")
+    pipe2 = fastgen.Pipeline.load(two)
+    bad = fastgen.InvalidArgumentError
+    with pytest.raises(bad, match="list of 2 images"):
+        pipe2("a cat", control_image=_images()[0])
+    with pytest.raises(bad, match="has 1 entries but the engine has 2"):
+        pipe2("a cat", control_image=_images(), controlnet_conditioning_scale=[1.0])
+    with pytest.raises(bad, match="must be below"):
+        pipe2("a cat", control_image=_images(), control_guidance_start=0.6, control_guidance_end=0.5)
+    with pytest.raises(bad, match="needs control_image"):
+        pipe2("a cat", controlnet_conditioning_scale=0.5)
+    with pytest.raises(bad, match="finite"):
+        pipe2("a cat", control_image=_images(), controlnet_conditioning_scale=float("nan"))
+    with pytest.raises(fastgen.UnsupportedError, match="text-to-image"):
+        fastgen.Pipeline.load(one)("a cat", control_image=_images()[0], image=_images()[1])
+    with pytest.raises(fastgen.UnsupportedError, match="no ControlNet"):
+        fastgen.Pipeline.load(tiny_engine("sd")[1])("a cat", control_image=_images()[0])
+
+
+def test_cli_control_image(engines, tmp_path):
+    from fastgen.cli import main
+
+    _, _, _, two = engines("sd")
+    paths = []
+    for i, im in enumerate(_images()):
+        paths.append(str(tmp_path / f"c{i}.png"))
+        im.save(paths[-1])
+    args = ["generate", two, "a cat", "--steps", "3", "--height", "48", "--width", "64", "--seed", "2",
+            "--no-progress", "-o", str(tmp_path / "o.png"), "--control-image", paths[0], "--control-image", paths[1],
+            "--controlnet-scale", "0.5", "--controlnet-scale", "1.5", "--control-end", "0.9"]
+    assert main(args) == 0
+    want = fastgen.Pipeline.load(two)("a cat", num_inference_steps=3, height=48, width=64, seed=2,
+                                      control_image=paths, controlnet_conditioning_scale=[0.5, 1.5],
+                                      control_guidance_end=0.9).images[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o.png").convert("RGB")), np.asarray(want))
+    assert main(args[:-10] + ["--guess-mode"]) == 2  # guess mode without a control image
+    assert main(args[:-8]) == 2  # one control image for two ControlNets
