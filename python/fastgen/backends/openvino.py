@@ -3,8 +3,8 @@
 - The same ONNX graphs ONNX Runtime runs; no re-export (``pip install "fastgen[openvino]"``). With
   ``precision="int8"`` a component runs from the OpenVINO IR (``model.xml`` + ``model.bin``) of the
   engine's int8 variant (``fastgen optimize ENGINE --int8``, see variants.py) when it has one; its int8
-  ops run in int8 (VNNI / AMX where the CPU has them), the ops left in float run in bf16 where the CPU has
-  native bf16, else in f32 (see float_hint).
+  ops run in int8 (VNNI / AMX where the CPU has them), the ops left in float run in bf16 where bf16 measured
+  faster than f32 on this CPU, else in f32 (see float_hint, bf16_is_faster).
 - **Static shapes.** Each distinct set of input shapes gets its own compiled model (the graph reshaped to
   those shapes and compiled), built on first use and kept in a bounded LRU per session. OpenVINO runs a
   static-shape model faster than the dynamic one, and a service sees few shapes. A captioner's KV-cache
@@ -23,7 +23,8 @@
   turns it off (the IR costs the component's size again on disk).
 - **Precision.** ``"fp32"`` (exact path: OpenVINO's CPU plugin would otherwise pick bf16 by itself on
   CPUs with native bf16, so f32 is asked for explicitly), ``"bf16"`` (bf16 matrix work, f32 inputs and
-  outputs) or ``"auto"`` (bf16 where the CPU has native bf16 (AVX512_BF16 / AMX), else fp32); ``"int8"``
+  outputs) or ``"auto"`` (bf16 where a one-time probe measured it faster than f32 on this CPU, else fp32; see
+  bf16_is_faster); ``"int8"``
   for the int8 IR graphs (compile cache ``int8-bf16`` or ``int8-f32``).
 - **Threads.** One stream per compiled model; ``threads`` (default: OpenVINO's, all cores) bounds the
   threads one inference uses, so concurrent callers share the cores instead of oversubscribing them.
@@ -269,8 +270,8 @@ def _write_json(path: str, data: dict) -> None:
 def float_hint(precision: str) -> str:
     """OpenVINO's INFERENCE_PRECISION_HINT for a resolved precision: the precision of the float work. For
     "int8", the ops the int8 graph leaves in float (the weight-compressed linear layers, softmax, norms) run
-    in bf16 where the CPU has native bf16, like "auto" (SD 1.5's UNet: 1.10 s a call vs 1.58 s in f32, at
-    the same demo accuracy and PSNR), else in f32."""
+    in bf16 where bf16 is the faster float precision here, like "auto" (SD 1.5's UNet on an AMX CPU: 1.10 s
+    a call vs 1.58 s in f32, at the same demo accuracy and PSNR), else in f32."""
     if precision == "int8":
         return "bf16" if bf16_is_faster() else "f32"
     return "bf16" if precision == "bf16" else "f32"
