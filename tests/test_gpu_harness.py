@@ -342,3 +342,27 @@ def test_build_trt_and_pipeline_match_onnxruntime(gpu, sd_engine, tmp_path):
 
     gc.collect()
     assert gpu.cuda.live == 0 and gpu.cuda.frees == gpu.cuda.mallocs
+
+
+def test_dtype_helpers(gpu):
+    trt = gpu.trt
+    assert trt_backend.numpy_dtype(trt, trt.DataType.HALF, "c") == np.float16
+    with pytest.raises(UnsupportedError, match="no numpy equivalent"):
+        trt_backend.numpy_dtype(trt, trt.DataType.BF16, "c: 'x'")
+    a = trt_backend.cast_feed("c", "x", np.ones((2, 3), np.float64)[:, ::2], np.dtype(np.float16))
+    assert a.dtype == np.float16 and a.flags.c_contiguous
+    with pytest.raises(ShapeError, match="must be integer"):
+        trt_backend.cast_feed("c", "ids", np.ones(3, np.float32), np.dtype(np.int32))
+    assert trt_backend.host_output(np.ones(2, np.float16)).dtype == np.float32
+    assert trt_backend.host_output(np.ones(2, np.bool_)).dtype == np.bool_
+
+
+def test_gpu_name_from_nvidia_smi(monkeypatch, tmp_path):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA Fake H100'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert trt_build._gpu_name() == "NVIDIA Fake H100"
+    smi.write_text("#!/bin/sh\nexit 9\n")
+    with pytest.raises(UnsupportedError, match="no device"):
+        trt_build._gpu_name()
