@@ -263,9 +263,12 @@ def build_trt(engine_dir: str | os.PathLike, components: Iterable[str] | None = 
     log = log or (lambda msg: None)
     engine_dir = os.fspath(engine_dir)
     manifest = mf.read_manifest(engine_dir)
-    lora_graphs = {rec.get("graph") for rec in (manifest.get("lora") or {}).get("components", {}).values()}
-    # default: every component but the LoRA-branch graphs (their rank axes have no TensorRT profile yet)
-    names = list(components) if components else [n for n in manifest["components"] if n not in lora_graphs]
+    adapter_graphs = {rec.get("graph") for rec in (manifest.get("lora") or {}).get("components", {}).values()}
+    control = manifest.get("controlnet") or {}
+    adapter_graphs |= {c.get("component") for c in control.get("controlnets", [])} | {control.get("unet")}
+    # default: every component but the LoRA / ControlNet graphs (their rank and residual axes have no TensorRT
+    # profile yet)
+    names = list(components) if components else [n for n in manifest["components"] if n not in adapter_graphs]
     d_min, d_opt, d_max = default_profile(manifest["config"])
     bhw = [parse_bhw(s) if isinstance(s, str) else tuple(s) if s is not None else d
            for s, d in ((min_shapes, d_min), (opt_shapes, d_opt), (max_shapes, d_max))]
