@@ -404,6 +404,8 @@ class EngineLoras:
                     if down.shape[0] > self.max_rank:
                         raise InvalidArgumentError(f"LoRA {lf.name!r}: module {name!r} has rank {down.shape[0]}, "
                                                    f"above this engine's maximum {self.max_rank}")
+                    if scale == 0.0:  # checked, but adds nothing: strength 0 everywhere runs the LoRA-free graphs
+                        continue
                     per_comp.setdefault(comp, {}).setdefault(name, []).append(
                         (down, (up * np.float32(scale * factor)).astype(np.float32)))
         out = {}

@@ -138,6 +138,11 @@ class ImagePipeline(Pipeline):
         if req.control is not None and req.loras:
             raise UnsupportedError("LoRAs and a ControlNet in one request are not supported yet (the UNet graph "
                                    "with ControlNet residuals has no LoRA branches)")
+        if getattr(req, "cache", None) is not None and (req.loras or req.control is not None):
+            # step caching (the `cache` branch's request field) runs its own UNet graphs, without LoRA inputs or
+            # ControlNet residuals: refused rather than silently ignoring the adapters
+            raise UnsupportedError("cache= with loras= or control_image= is not supported yet: step caching runs "
+                                   "UNet graphs without LoRA branches or ControlNet residuals")
         if mode != "text2img" and self.denoising_steps(req) < 1:
             raise InvalidArgumentError(f"strength {strength} with {steps} steps leaves no denoising step")
         return req
