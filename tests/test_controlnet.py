@@ -97,8 +97,8 @@ def test_errors(engines):
         pipe2("a cat", controlnet_conditioning_scale=0.5)
     with pytest.raises(bad, match="finite"):
         pipe2("a cat", control_image=_images(), controlnet_conditioning_scale=float("nan"))
-    with pytest.raises(fastgen.UnsupportedError, match="text-to-image"):
-        fastgen.Pipeline.load(one)("a cat", control_image=_images()[0], image=_images()[1])
+    with pytest.raises(fastgen.UnsupportedError, match="mask_image"):
+        fastgen.Pipeline.load(one)("a cat", control_image=_images()[0], image=_images()[1], mask_image=_images()[0])
     with pytest.raises(fastgen.UnsupportedError, match="no ControlNet"):
         fastgen.Pipeline.load(tiny_engine("sd")[1])("a cat", control_image=_images()[0])
 
@@ -121,3 +121,31 @@ def test_cli_control_image(engines, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "o.png").convert("RGB")), np.asarray(want))
     assert main(args[:-10] + ["--guess-mode"]) == 2  # guess mode without a control image
     assert main(args[:-8]) == 2  # one control image for two ControlNets
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_img2img_controlnet_matches_diffusers(kind, engines, monkeypatch):
+    import importlib
+
+    import diffusers
+
+    src, cns, one, _ = engines(kind)
+    cls = "StableDiffusionControlNetImg2ImgPipeline" if kind == "sd" else "StableDiffusionXLControlNetImg2ImgPipeline"
+    kw = {"safety_checker": None, "requires_safety_checker": False} if kind == "sd" else {}
+    ref = getattr(diffusers, cls).from_pretrained(src, controlnet=diffusers.ControlNetModel.from_pretrained(cns[0]),
+                                                  **kw)
+    ref.set_progress_bar_config(disable=True)
+    init, control = _images()
+    lat = fastgen.randn((1, 4, 12, 16), seed=7)
+    # diffusers samples the VAE latent distribution and draws its own noise: use the mean and our noise
+    m = importlib.import_module("diffusers.pipelines.controlnet.pipeline_controlnet_"
+                                + ("img2img" if kind == "sd" else "sd_xl_img2img"))
+    orig = m.retrieve_latents
+    monkeypatch.setattr(m, "retrieve_latents", lambda out, generator=None, sample_mode="sample": orig(
+        out, sample_mode="argmax"))
+    monkeypatch.setattr(m, "randn_tensor", lambda shape, **k: torch.from_numpy(lat.copy()))
+    args = dict(strength=0.6, controlnet_conditioning_scale=0.9, control_guidance_end=0.7, num_inference_steps=6,
+                guidance_scale=5.0, height=48, width=64, output_type="np")
+    want = ref("a red cat", image=init, control_image=control, **args).images
+    got = fastgen.Pipeline.load(one)("a red cat", image=init, control_image=control, latents=lat, **args).images
+    assert np.abs(got - want).max() < 2e-3

@@ -6,7 +6,8 @@ every exported ControlNet at each step, scales their residuals as diffusers' ``C
 (``controlnet_conditioning_scale``, ``guess_mode``'s logspace scales, ``control_guidance_start`` / ``_end``),
 sums them over ControlNets (``MultiControlNetModel``) and feeds the sum to ``unet_control``; requests without a
 control image run the plain ``unet``. Follows ``StableDiffusionControlNetPipeline`` /
-``StableDiffusionXLControlNetPipeline`` (text-to-image).
+``StableDiffusionXLControlNetPipeline`` (text-to-image) and ``StableDiffusion(XL)ControlNetImg2ImgPipeline``
+(``image=``: the guidance window is over the steps that run).
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ class ControlNets:
             return None
         if not self.available:
             raise UnsupportedError("this engine has no ControlNet: export it with `fastgen export --controlnet DIR`")
-        if mode != "text2img":
-            raise UnsupportedError("ControlNet runs with text-to-image requests here (image= / mask_image= with "
-                                   "control_image= is not supported yet)")
+        if mode == "inpaint":
+            raise UnsupportedError("ControlNet runs with text-to-image and image-to-image requests here (mask_image= "
+                                   "with control_image= is not supported yet)")
         k = len(self.names)
         if k == 1:
             per_net = [control_image]

@@ -246,7 +246,7 @@ class ImagePipeline(Pipeline):
         if ctl is not None:
             graph = self.controlnets.unet
             ctl_images = self.controlnets.prepare(ctl, req.height, req.width, batch, req.num_images_per_prompt, cfg)
-            n_steps = len(sched.timesteps)
+            n_steps = len(sched.timesteps) - begin  # img2img: the steps that run, as diffusers' controlnet_keep
         net = self.session(graph)
         sample_name = self._family.sample_input
         unet_time, calls = [0.0], [0]
