@@ -149,3 +149,25 @@ def test_img2img_controlnet_matches_diffusers(kind, engines, monkeypatch):
     want = ref("a red cat", image=init, control_image=control, **args).images
     got = fastgen.Pipeline.load(one)("a red cat", image=init, control_image=control, latents=lat, **args).images
     assert np.abs(got - want).max() < 2e-3
+
+
+def test_canny_edges():
+    from fastgen.image import canny
+
+    a = np.zeros((64, 80, 3), np.uint8)
+    a[16:48, 20:60] = 200
+    e = np.asarray(canny(a))
+    assert e.shape == (64, 80, 3) and set(np.unique(e)) == {0, 255} and (e[..., 0] == e[..., 2]).all()
+    edge = e[..., 0] > 0
+    rows, cols = np.where(edge.any(1))[0], np.where(edge.any(0))[0]
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (16, 48, 20, 60)  # the square's outline
+    assert 120 <= edge.sum() <= 170 and not edge[19:45, 23:57].any()  # one pixel thick, nothing inside
+    assert not np.asarray(canny(a, 1000, 2000)).any()  # a step of 200 is below these thresholds
+    weak = a.copy()
+    weak[16:48, 20:60] = 60  # sides: |gx| + |gy| = 4 x 60 = 240; corners more (both gradients non-zero)
+    assert not np.asarray(canny(weak, 100, 1000)).any()  # nothing strong: nothing at all
+    sides = (np.asarray(canny(weak, 100, 300))[..., 0] > 0).sum()  # strong corners, sides kept by hysteresis
+    corners = (np.asarray(canny(weak, 250, 300))[..., 0] > 0).sum()  # sides below the low threshold
+    assert sides > 100 and 0 < corners < 20
+    with pytest.raises(fastgen.InvalidArgumentError, match="low_threshold"):
+        canny(a, 200, 100)
