@@ -414,7 +414,9 @@ class Service:
             allowed = {"model", "engine", "prompt", "negative_prompt", "n", "num_images", "num_images_per_prompt",
                        "size", "height", "width", "steps", "num_inference_steps", "guidance", "guidance_scale",
                        "guidance_rescale", "eta", "seed", "scheduler", "image", "mask", "mask_image", "strength",
-                       "stream", "async", "response_format", "output_format", "preview", "loras"}
+                       "stream", "async", "response_format", "output_format", "preview", "loras", "control_image",
+                       "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end",
+                       "guess_mode"}
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise bad(f"unknown field(s): {', '.join(unknown)}")
@@ -453,7 +455,8 @@ class Service:
                         seed=body.get("seed"), scheduler=body.get("scheduler"),
                         image=None if image is None else decode_image("image", image),
                         mask_image=None if mask is None else decode_image("mask", mask),
-                        strength=body.get("strength"), output_type="np", loras=self._lora_paths(body.get("loras")))
+                        strength=body.get("strength"), output_type="np", loras=self._lora_paths(body.get("loras")),
+                        **self._control(body))
         if self.sizes is not None and (req.width, req.height) not in self.sizes:
             allowed = ", ".join(f"{a}x{b}" for a, b in sorted(self.sizes))
             raise bad(f"size {req.width}x{req.height} is not allowed; allowed sizes: {allowed}")
@@ -471,7 +474,7 @@ class Service:
             raise bad(str(e)) from None
         p = {"request": req, "preview": preview, "total_steps": total, "n": n, "seed": req.seed, "mode": req.mode}
         key = None
-        if req.mode != "inpaint" and not stochastic and self.batching:
+        if req.mode != "inpaint" and not stochastic and self.batching and req.control is None:
             # one network call per batch: every setting that is not per-row must be equal (img2img: the
             # strength too; inpainting is never merged: given latents take another path than a seed there)
             cfg = pipe.uses_cfg(req.guidance_scale)
@@ -480,6 +483,21 @@ class Service:
                    req.strength if req.mode == "img2img" else None,
                    tuple((lf.sha256, s) for lf, s in req.loras))  # one LoRA set per batch: other sets are grouped
         return Work(engine=eng.name, key=key, params=p, size=n), opts
+
+    @staticmethod
+    def _control(body: dict) -> dict:
+        """ControlNet fields: ``control_image`` (base64, or a list: one per ControlNet) and the pipeline's own
+        ControlNet keywords. Requests with a control image are never merged into a batch."""
+        ci = body.get("control_image")
+        if ci is None:
+            return {k: body[k] for k in ("controlnet_conditioning_scale", "control_guidance_start",
+                                         "control_guidance_end", "guess_mode") if k in body}
+        images = ([decode_image(f"control_image[{i}]", x) for i, x in enumerate(ci)] if isinstance(ci, list)
+                  else decode_image("control_image", ci))
+        return {"control_image": images, "controlnet_conditioning_scale": body.get("controlnet_conditioning_scale"),
+                "control_guidance_start": body.get("control_guidance_start"),
+                "control_guidance_end": body.get("control_guidance_end"),
+                "guess_mode": _or(body.get("guess_mode"), False)}
 
     def _lora_paths(self, loras: Any) -> dict | None:
         """``"loras": {"name.safetensors": strength}`` -> {path in lora_dir: strength} (names only, no paths)."""
