@@ -22,7 +22,7 @@ from fastgen.errors import ExportError
 from .spec import ComponentSpec, TensorSpec
 from .wrappers import Boundary
 
-__all__ = ["load_controlnet", "controlnet_specs", "ControlNetGraph", "UNetControl"]
+__all__ = ["load_controlnet", "controlnet_specs", "control_unet_spec", "ControlNetGraph", "UNetControl"]
 
 
 def _added(model, text_embeds, time_ids):
@@ -123,6 +123,15 @@ def controlnet_specs(folders: list[str], unet_spec: ComponentSpec, *, family: st
         record["controlnets"].append({"component": name, "source": os.path.basename(os.path.normpath(folder)),
                                       "global_pool_conditions": bool(getattr(model.config, "global_pool_conditions",
                                                                              False))})
+    record["unet"] = "unet_control"
+    record["residuals"] = [{"channels": c, "factor": f} for c, f in shapes]
+    return specs + [control_unet_spec(unet_spec, shapes, xl)], record
+
+
+def control_unet_spec(unet_spec: ComponentSpec, shapes: list[tuple[int, int]], xl: bool) -> ComponentSpec:
+    """``unet_control``: ``unet_spec``'s model taking residuals of ``shapes`` ((channels, factor) each)."""
+    unet = unet_spec.module.model
+    base_inputs = list(unet_spec.inputs)
     n_down = len(shapes) - 1
     res_inputs = [TensorSpec(f"down_block_additional_residuals.{k}", "float32",
                              ("batch", c, f"res_height_{k}", f"res_width_{k}")) for k, (c, _) in enumerate(shapes[:-1])]
@@ -136,8 +145,5 @@ def controlnet_specs(folders: list[str], unet_spec: ComponentSpec, *, family: st
         res = [torch.randn(dims["batch"], c, h // f, w // f, generator=gen) * 0.1 for c, f in shapes]
         return (*b, *res)
 
-    unet_control = ComponentSpec("unet_control", UNetControl(unet, n_down, xl), base_inputs + res_inputs,
-                                 list(unet_spec.outputs), make_unet, info=dict(unet_spec.info))
-    record["unet"] = "unet_control"
-    record["residuals"] = [{"channels": c, "factor": f} for c, f in shapes]
-    return specs + [unet_control], record
+    return ComponentSpec("unet_control", UNetControl(unet, n_down, xl), base_inputs + res_inputs,
+                         list(unet_spec.outputs), make_unet, info=dict(unet_spec.info))

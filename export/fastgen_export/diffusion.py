@@ -492,6 +492,15 @@ class ImageExporter(DiffusersExporter):
             specs, cn_record = controlnet_specs(self.controlnets, den, family=plan.family,
                                                 dims_export=self.export_dims, dims_parity=self.parity_dims)
             yield from specs
+            if self.lora_branches:  # the UNet with ControlNet residuals and LoRA branches
+                from .controlnet import control_unet_spec
+
+                den = build_denoiser(plan, text_length=text_length, pooled_size=pooled)
+                lora.fuse(den.module.model, den.name, self.lora_fuse)
+                shapes = [(r["channels"], r["factor"]) for r in cn_record["residuals"]]
+                yield lora.branch_spec(control_unet_spec(den, shapes, plan.family == "sdxl"), den.module.model,
+                                       self.parity_dims)
+                cn_record["unet_lora"] = "unet_control_lora"
             self.manifest["controlnet"] = cn_record
         dec, enc = build_vae(plan)
         yield dec

@@ -53,6 +53,7 @@ class ControlNets:
         self.names: list[str] = []
         self.global_pool: list[bool] = []
         self.unet = "unet_control"
+        self.unet_lora: str | None = None
         if not self.available:
             return
         try:
@@ -62,6 +63,9 @@ class ControlNets:
                 self.names.append(c["component"])
                 self.global_pool.append(bool(c.get("global_pool_conditions", False)))
             self.unet = rec["unet"]
+            self.unet_lora = rec.get("unet_lora")  # with LoRA branches too (export --lora-branches --controlnet)
+            if self.unet_lora is not None and not manifest.has(self.unet_lora):
+                raise ManifestError(f"fastgen.json: controlnet.unet_lora {self.unet_lora!r} is not a component")
             if not self.names or not manifest.has(self.unet):
                 raise ManifestError("fastgen.json: the controlnet section names no ControlNet or no UNet")
         except (KeyError, TypeError) as e:

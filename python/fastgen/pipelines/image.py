@@ -135,9 +135,10 @@ class ImagePipeline(Pipeline):
             vae_tiling=check_bool("vae_tiling", vae_tiling), loras=self._check_loras(loras),
             control=self.controlnets.check(control_image, controlnet_conditioning_scale, control_guidance_start,
                                            control_guidance_end, guess_mode, mode=mode, batch=batch))
-        if req.control is not None and req.loras:
-            raise UnsupportedError("LoRAs and a ControlNet in one request are not supported yet (the UNet graph "
-                                   "with ControlNet residuals has no LoRA branches)")
+        if req.control is not None and self._family.denoiser in self.loras.feeds(req.loras) \
+                and self.controlnets.unet_lora is None:
+            raise UnsupportedError("LoRAs on the UNet and a ControlNet in one request need an engine exported with "
+                                   "both --lora-branches and --controlnet (its unet_control_lora graph)")
         if getattr(req, "cache", None) is not None and (req.loras or req.control is not None):
             # step caching (the `cache` branch's request field) runs its own UNet graphs, without LoRA inputs or
             # ControlNet residuals: refused rather than silently ignoring the adapters
@@ -244,7 +245,7 @@ class ImagePipeline(Pipeline):
         graph, side = lora_feeds.get(self._family.denoiser, (self._family.denoiser, {}))
         ctl = req.control
         if ctl is not None:
-            graph = self.controlnets.unet
+            graph = self.controlnets.unet if not side else self.controlnets.unet_lora
             ctl_images = self.controlnets.prepare(ctl, req.height, req.width, batch, req.num_images_per_prompt, cfg)
             n_steps = len(sched.timesteps) - begin  # img2img: the steps that run, as diffusers' controlnet_keep
         net = self.session(graph)
@@ -256,8 +257,8 @@ class ImagePipeline(Pipeline):
             if extra_inputs:
                 xin = np.concatenate([xin, extra_inputs["mask"], extra_inputs["masked_image_latents"]], axis=1)
             t1 = time.perf_counter()
-            more = side if ctl is None else self.controlnets.residuals(ctl, ctl_images, calls[0] - 1, n_steps, xin,
-                                                                       t, cond.arrays, cfg)
+            more = side if ctl is None else {**side, **self.controlnets.residuals(
+                ctl, ctl_images, calls[0] - 1, n_steps, xin, t, cond.arrays, cfg)}
             out = net.run({sample_name: xin, "timestep": np.full((xin.shape[0],), t, np.float32), **cond.arrays,
                            **more}, ["noise_pred"])["noise_pred"]
             unet_time[0] += time.perf_counter() - t1
