@@ -1,0 +1,136 @@
+"""``POST /v1/videos``: text-to-video and image-to-video jobs whose result is an MP4 or GIF file."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Literal, Optional
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import AliasChoices, Field
+
+from .batching import Work
+from .errors import bad, validated
+from .media import VIDEO_FORMATS, b64, decode_image, encode_video
+from .running import answer
+from .schemas import ERRORS, Body, Job
+from .service import Service
+
+MAX_FRAMES = 1024
+
+
+class VideosRequest(Body):
+    """Text-to-video engines take a prompt; image-to-video ones (Stable Video Diffusion) an image and no
+    prompt. Arguments a pipeline does not take are refused by its ``validate``."""
+
+    model: Optional[str] = Field(None, validation_alias=AliasChoices("model", "engine"))
+    prompt: Optional[str] = Field(None, description="text-to-video engines")
+    image: Optional[str] = Field(None, description="image-to-video engines: the first frame, base64")
+    negative_prompt: Optional[str] = None
+    num_frames: Optional[int] = Field(None, description=f"at most {MAX_FRAMES} here")
+    steps: Optional[int] = Field(None, validation_alias=AliasChoices("steps", "num_inference_steps"))
+    guidance: Optional[float] = Field(None, validation_alias=AliasChoices("guidance", "guidance_scale"))
+    height: Optional[int] = None
+    width: Optional[int] = None
+    seed: Optional[int] = None
+    scheduler: Optional[str] = None
+    guidance_rescale: Optional[float] = None
+    eta: Optional[float] = None
+    context_length: Optional[int] = None
+    context_stride: Optional[int] = None
+    context_weighting: Optional[str] = None
+    decode_chunk_size: Optional[int] = None
+    min_guidance_scale: Optional[float] = None
+    max_guidance_scale: Optional[float] = None
+    fps: Optional[float] = Field(None, description="image-to-video conditioning (and then the file's frame rate)")
+    motion_bucket_id: Optional[float] = None
+    noise_aug_strength: Optional[float] = None
+    format: Literal["mp4", "gif"] = Field("mp4", description="the file made")
+    frame_rate: Optional[float] = Field(None, description="the file's frames per second (default: fps or 8)")
+    response_format: Literal["b64_json", "url"] = Field("b64_json", description="the file inline or as a link")
+    async_: bool = Field(True, validation_alias=AliasChoices("async"), serialization_alias="async",
+                         description="true (default): 202 with a job; false: wait for the file")
+
+
+class VideoData(Body):
+    b64_json: Optional[str] = None
+    url: Optional[str] = None
+    content_type: str
+
+
+class VideosResponse(Body):
+    created: int
+    model: str
+    seed: int
+    num_frames: int
+    format: Literal["mp4", "gif"]
+    data: list[VideoData]
+
+
+_ARGS = ("negative_prompt", "num_frames", "guidance_rescale", "eta", "context_length", "context_stride",
+         "context_weighting", "decode_chunk_size", "height", "width", "seed", "scheduler", "min_guidance_scale",
+         "max_guidance_scale", "fps", "motion_bucket_id", "noise_aug_strength")
+
+
+def video_work(service: Service, b: VideosRequest) -> Work:
+    eng = service.engine(b.model, "video")
+    from_image = getattr(eng.pipe, "kind", "") == "img2video"
+    args = {k: getattr(b, k) for k in _ARGS if getattr(b, k) is not None}
+    if b.steps is not None:
+        args["num_inference_steps"] = service.check_cap("steps", b.steps, service.max_steps)
+    if b.guidance is not None:
+        args["guidance_scale"] = b.guidance
+    service.check_cap("num_frames", b.num_frames, MAX_FRAMES)
+    if from_image:
+        if b.prompt is not None:
+            raise bad("image-to-video engines take an 'image' and no 'prompt'", param="prompt")
+        if b.image is None:
+            raise bad("'image' is required (image-to-video engines take an image, no prompt)", param="image")
+        first = decode_image("image", b.image)
+    else:
+        if b.image is not None:
+            raise bad("text-to-video engines take a 'prompt' and no 'image'", param="image")
+        if not b.prompt or not b.prompt.strip():
+            raise bad("'prompt' is required and must be a non-empty string", param="prompt")
+        first = b.prompt
+    req = validated(eng.pipe.validate, first, output_type="np", **args)
+    rate = b.frame_rate or b.fps or 8.0
+    params = {"mode": "video", "request": req, "seed": req.seed, "format": b.format, "rate": rate}
+    return Work(engine=eng.name, key=None, params=params)
+
+
+def execute(service: Service, eng, works: list[Work]) -> list:
+    (w,) = works
+    req = w.params["request"]
+    out = eng.pipe.run(replace(req, callback=service.progress_callback(works, req.num_inference_steps)))
+    frames = np.asarray(out.frames)
+    if frames.ndim == 5:  # (batch, frames, H, W, 3): one video per job
+        frames = frames[0]
+    service.observe_stages(eng.name, getattr(out, "timings", None), ("text_encode", "image_encode", "denoise",
+                                                                      "vae_decode"))
+    t0 = time.perf_counter()
+    data = encode_video(frames, w.params["format"], w.params["rate"])
+    service.metrics.stage.labels(engine=eng.name, stage="encode").observe(time.perf_counter() - t0)
+    return [{"video": data, "seed": req.seed, "num_frames": int(frames.shape[0])}]
+
+
+def router(service: Service) -> APIRouter:
+    r = APIRouter(tags=["videos"])
+
+    @r.post("/v1/videos", name="videos", response_model=VideosResponse, responses={202: {"model": Job}, **ERRORS},
+            summary="Make a video file (MP4 or GIF): a job by default (GET /v1/jobs/{id})")
+    async def videos(body: VideosRequest, request: Request):
+        work = video_work(service, body)
+        fmt, base = body.format, str(request.base_url)
+
+        def shape(res: dict) -> dict:
+            ct = VIDEO_FORMATS[fmt]
+            item = ({"url": service.file_url(base, res["video"], ct, "." + fmt)} if body.response_format == "url"
+                    else {"b64_json": b64(res["video"])})
+            return {"created": int(time.time()), "model": work.engine, "seed": res["seed"],
+                    "num_frames": res["num_frames"], "format": fmt, "data": [{**item, "content_type": ct}]}
+
+        return await answer(service, request, work, shape, "videos", async_=body.async_)
+
+    return r
