@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Literal, Optional
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Request, UploadFile
 from pydantic import AliasChoices, Field
 
 from .. import image as imgproc
@@ -99,8 +99,12 @@ class GenerateRequest(_Extras):
 
 
 class EditForm(FormBody):
-    """``client.images.edit(...)``'s form fields (the files come as ``image`` / ``image[]`` and ``mask``)."""
+    """``client.images.edit(...)``'s form: the image as ``image`` (or ``image[]``), an optional ``mask``."""
 
+    image: list[UploadFile] = Field([], description="the image to edit (PNG, JPEG, WebP): exactly one")
+    image_list: list[UploadFile] = Field([], alias="image[]", description="the image, as the client's list form")
+    mask: Optional[UploadFile] = Field(None, description="where to edit: transparent pixels of an RGBA mask "
+                                                         "(OpenAI's rule), else white pixels (diffusers' rule)")
     prompt: str = Field(min_length=1)
     model: Optional[str] = None
     n: Optional[int] = None
@@ -127,6 +131,7 @@ class VariationForm(FormBody):
     """``client.images.create_variation(...)``'s form fields: an img2img pass at ``strength`` with an
     optional prompt (default empty)."""
 
+    image: list[UploadFile] = Field([], description="the image (PNG, JPEG, WebP): exactly one")
     model: Optional[str] = None
     n: Optional[int] = None
     size: Optional[str] = None
@@ -337,22 +342,18 @@ def router(service: Service) -> APIRouter:
             openapi_extra={"description": "multipart/form-data. Without a mask: img2img at 'strength'. With a "
                            "mask: inpainting; an RGBA mask's transparent pixels are repainted (OpenAI's rule), "
                            "an opaque mask's white pixels are (diffusers' rule)."})
-    async def images_edits(request: Request, form: Annotated[EditForm, Form()],
-                           image: Annotated[list[UploadFile], File(description="the image (PNG, JPEG, WebP)")] = [],
-                           image_list: Annotated[list[UploadFile], File(alias="image[]")] = [],
-                           mask: Annotated[Optional[UploadFile], File()] = None):
+    async def images_edits(request: Request, form: Annotated[EditForm, Form(media_type="multipart/form-data")]):
         _refuse(form.input_fidelity is not None, "'input_fidelity' is not supported: give 'strength' in (0, 1]",
                 "input_fidelity")
-        img = _upload("image", image + image_list)
-        m = None if mask is None else _openai_mask(mask)
+        img = _upload("image", form.image + form.image_list)
+        m = None if form.mask is None else _openai_mask(form.mask)
         work = image_work(service, form, output=_output(form), image=img, mask=m, strength=form.strength)
         return await answer(service, request, work, shaper(service, request, work), "images_edits")
 
     @r.post("/v1/images/variations", name="images_variations", response_model=ImagesResponse, responses=ERRORS,
             summary="Variations of an image (OpenAI images.create_variation): img2img at --variation-strength")
-    async def images_variations(request: Request, form: Annotated[VariationForm, Form()],
-                                image: Annotated[list[UploadFile], File()] = []):
-        img = _upload("image", image)
+    async def images_variations(request: Request, form: Annotated[VariationForm, Form(media_type="multipart/form-data")]):
+        img = _upload("image", form.image)
         strength = service.variation_strength if form.strength is None else form.strength
         work = image_work(service, form, output=_output(form), image=img, strength=strength)
         return await answer(service, request, work, shaper(service, request, work), "images_variations")
