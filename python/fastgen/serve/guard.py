@@ -102,6 +102,7 @@ class Guard:
             await _send_error(send, e)
         finally:
             self.buffered -= held[0]
+            self.service.metrics.buffered.dec(held[0])
             name = _endpoint(scope, self.routes)
             self.service.metrics.requests.labels(endpoint=name, code=str(status[0] or 500)).inc()
             self.service.metrics.stage.labels(engine="all", stage=f"request:{name}").observe(time.perf_counter() - t0)
@@ -131,6 +132,7 @@ class Guard:
                     raise ApiError(503, "unavailable_error", "too many request bodies are being received at once; "
                                    "retry later", {"Retry-After": "2"}, code="server_busy")
                 self.buffered += len(chunk)
+                self.service.metrics.buffered.inc(len(chunk))
                 held[0] += len(chunk)
                 chunks.append(chunk)
             if not msg.get("more_body", False):

@@ -32,6 +32,8 @@ class Metrics:
         self.cancelled = Counter("fastgen_cancelled_total", "Requests cancelled (client gone, timeout, DELETE)",
                                  ("engine",), registry=r)
         self.queue_depth = Gauge("fastgen_queue_depth", "Requests waiting for a batch", ("engine",), registry=r)
+        self.buffered = Gauge("fastgen_buffered_body_bytes", "Request body bytes held right now, all requests",
+                              registry=r)
         self.inflight = Gauge("fastgen_inflight_batches", "Batches running now", ("engine",), registry=r)
         self.batch_size = Histogram("fastgen_batch_size", "Requests merged into one batched network call",
                                     ("engine",), buckets=bb, registry=r)
