@@ -10,7 +10,6 @@ model names, no CORS by default. Afterwards: no body bytes held, RSS flat, the s
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import socket
@@ -197,3 +196,16 @@ def test_slow_and_oversized_clients(pipe):
         print(f"RSS: {rss0 / MB:.0f} MiB before, {peak / MB:.0f} MiB with 10 stalled uploads, {rss1 / MB:.0f} after")
         assert peak - rss0 < 64 * MB and rss1 - rss0 < 48 * MB
         assert 'code="500"' not in m.render().decode()
+
+
+def test_file_store_is_bounded_and_expires():
+    from fastgen.serve.files import FileStore
+
+    st = FileStore(max_files=3, max_bytes=100, ttl_s=0.3)
+    ids = [st.put(b"x" * 10, "image/png", ".png") for _ in range(5)]
+    assert len(st) == 3 and st.get(ids[0]) is None and st.get(ids[4]) == ("image/png", b"x" * 10)
+    assert all(i.startswith("file-") and len(i) == len("file-") + 32 + 4 for i in ids)  # 128 random bits
+    big = st.put(b"y" * 90, "video/mp4")
+    assert st.nbytes <= 100 and st.get(big)[1] == b"y" * 90 and st.get(ids[2]) is None
+    time.sleep(0.35)
+    assert st.get(big) is None and len(st) == 0 and st.nbytes == 0

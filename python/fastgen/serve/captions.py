@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import replace
 from typing import Optional, Union
@@ -13,7 +14,7 @@ from .batching import Work
 from .errors import bad, validated
 from .media import decode_image
 from .running import answer
-from .schemas import ERRORS, Body, Job
+from .schemas import WITH_JOB, Body
 from .service import Service
 
 MAX_NEW_TOKENS = 512  # server policy caps; the pipeline's own rules apply within them
@@ -78,17 +79,18 @@ def execute(service: Service, eng, works: list[Work]) -> list:
     return results
 
 
+def response(model: str, res: dict) -> dict:
+    return {"created": int(time.time()), "model": model, "captions": res["captions"]}
+
+
 def router(service: Service) -> APIRouter:
     r = APIRouter(tags=["captions"])
 
-    @r.post("/v1/captions", name="captions", response_model=CaptionsResponse, responses={202: {"model": Job}, **ERRORS},
+    @r.post("/v1/captions", name="captions", response_model=CaptionsResponse, responses=WITH_JOB,
             summary="Caption images (or answer 202 with a job when async)")
     async def captions(body: CaptionsRequest, request: Request):
         work = caption_work(service, body)
-
-        def shape(res: dict) -> dict:
-            return {"created": int(time.time()), "model": work.engine, "captions": res["captions"]}
-
-        return await answer(service, request, work, shape, "captions", async_=body.async_)
+        return await answer(service, request, work, functools.partial(response, work.engine), "captions",
+                            async_=body.async_)
 
     return r

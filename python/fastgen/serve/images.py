@@ -22,7 +22,7 @@ from .batching import Work
 from .errors import bad, validated
 from .media import IMAGE_FORMATS, b64, decode_image, decode_image_bytes, encode_image
 from .running import answer
-from .schemas import ERRORS, Body, FormBody, Job
+from .schemas import ERRORS, WITH_JOB, Body, FormBody
 from .service import Service, parse_size
 
 ResponseFormat = Literal["b64_json", "url"]
@@ -359,7 +359,7 @@ def router(service: Service) -> APIRouter:
         return await answer(service, request, work, shaper(service, request, work), "images_variations")
 
     @r.post("/v1/generate", name="generate", response_model=GenerateResponse,
-            responses={202: {"model": Job}, **ERRORS},
+            responses=WITH_JOB,
             summary="Generate with every pipeline argument (text2img, img2img, inpaint); SSE or async job")
     async def generate(body: GenerateRequest, request: Request):
         if body.preview and not body.stream:

@@ -63,3 +63,4 @@ class ModelList(BaseModel):
 
 
 ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 408, 413, 415, 429, 500, 503, 504)}
+WITH_JOB = {202: {"model": Job, "description": "async: the job (GET /v1/jobs/{id})"}, **ERRORS}

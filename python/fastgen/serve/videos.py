@@ -14,7 +14,7 @@ from .batching import Work
 from .errors import bad, validated
 from .media import VIDEO_FORMATS, b64, decode_image, encode_video
 from .running import answer
-from .schemas import ERRORS, Body, Job
+from .schemas import WITH_JOB, Body
 from .service import Service
 
 MAX_FRAMES = 1024
@@ -118,7 +118,7 @@ def execute(service: Service, eng, works: list[Work]) -> list:
 def router(service: Service) -> APIRouter:
     r = APIRouter(tags=["videos"])
 
-    @r.post("/v1/videos", name="videos", response_model=VideosResponse, responses={202: {"model": Job}, **ERRORS},
+    @r.post("/v1/videos", name="videos", response_model=VideosResponse, responses=WITH_JOB,
             summary="Make a video file (MP4 or GIF): a job by default (GET /v1/jobs/{id})")
     async def videos(body: VideosRequest, request: Request):
         work = video_work(service, body)
