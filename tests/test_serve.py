@@ -552,6 +552,10 @@ class FakeVideo:
     def __call__(self, *a, **kw):
         return self.run(self.validate(*a, **kw))
 
+    def iter_frames(self, first, **kw):
+        self.iterated = getattr(self, "iterated", 0) + 1
+        yield from self(first, **kw).frames[0]
+
 
 def test_video_jobs(tmp_path):
     """POST /v1/videos: an async job whose file holds the video pipeline's frames (GIF: byte-equal to
@@ -572,6 +576,15 @@ def test_video_jobs(tmp_path):
         assert r.status_code == 202, r.text
         job = wait(c, r.json()["id"])
         assert job["status"] == "succeeded", job
+        # the GIF itself, streamed as the worker writes it (frames from iter_frames)
+        with c.stream("POST", "/v1/videos", json={"prompt": "a cat", "num_frames": 3, "steps": 2, "seed": 3,
+                                                  "format": "gif", "async": False, "stream": True}) as r:
+            assert r.status_code == 200 and r.headers["content-type"] == "image/gif" and r.headers["x-seed"] == "3"
+            streamed = b"".join(r.iter_bytes())
+        assert app.state.service.engines["vid"].pipe.iterated == 1
+        for bad_body in ({"prompt": "a cat", "stream": True, "async": False},  # mp4: its index comes last
+                         {"prompt": "a cat", "stream": True, "format": "gif"}):  # async (the default)
+            assert c.post("/v1/videos", json=bad_body).status_code == 400
         # a synchronous MP4, as a link to the file store
         r = c.post("/v1/videos", json={"prompt": "a cat", "num_frames": 5, "seed": 3, "async": False,
                                        "response_format": "url"})
@@ -605,7 +618,8 @@ def test_video_jobs(tmp_path):
     assert res["data"][0]["content_type"] == "image/gif"
     ref = fastgen.export_video(want, tmp_path / "ref.gif", fps=8)
     with open(ref, "rb") as f:
-        assert base64.b64decode(res["data"][0]["b64_json"]) == f.read()
+        want_gif = f.read()
+    assert base64.b64decode(res["data"][0]["b64_json"]) == want_gif and streamed == want_gif
 
 
 class FakeCaptioner:

@@ -125,8 +125,12 @@ def test_bad_json_is_400_on_every_endpoint(pipe, path):
             r = httpx.post(base + path, content=body, headers={"content-type": "application/json"}, timeout=30)
             assert r.status_code == 400 and needle in r.json()["error"]["message"], (body[:40], r.text[:200])
         metrics = app.state.service.metrics
-        assert metrics.value("fastgen_requests_total", endpoint=path.split("/")[-1].replace("generations", "images"),
-                             code="400") == len(BAD_JSON)
+        name = path.split("/")[-1].replace("generations", "images")
+        for _ in range(40):  # counted once the answer is sent: maybe just after the client has it
+            if metrics.value("fastgen_requests_total", endpoint=name, code="400") == len(BAD_JSON):
+                break
+            time.sleep(0.05)
+        assert metrics.value("fastgen_requests_total", endpoint=name, code="400") == len(BAD_JSON)
         assert "code=\"500\"" not in metrics.render().decode()
 
 

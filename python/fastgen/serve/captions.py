@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from dataclasses import replace
@@ -89,7 +90,7 @@ def router(service: Service) -> APIRouter:
     @r.post("/v1/captions", name="captions", response_model=CaptionsResponse, responses=WITH_JOB,
             summary="Caption images (or answer 202 with a job when async)")
     async def captions(body: CaptionsRequest, request: Request):
-        work = caption_work(service, body)
+        work = await asyncio.to_thread(caption_work, service, body)
         return await answer(service, request, work, functools.partial(response, work.engine), "captions",
                             async_=body.async_)
 

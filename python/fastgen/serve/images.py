@@ -8,6 +8,7 @@ noise from its own seed: bit-equal to running it alone) -> ``shape`` makes the r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, replace
 from typing import Annotated, Literal, Optional
@@ -334,7 +335,7 @@ def router(service: Service) -> APIRouter:
         _refuse(body.svg is not None or body.complexity is not None, "SVG output is not made by this server", "svg")
         _refuse(body.frame_count is not None or body.frame_duration_ms is not None,
                 "animated images are not made here: use POST /v1/videos", "frame_count")
-        work = image_work(service, body, output=_output(body))
+        work = await asyncio.to_thread(image_work, service, body, output=_output(body))
         return await answer(service, request, work, shaper(service, request, work), "images")
 
     @r.post("/v1/images/edits", name="images_edits", response_model=ImagesResponse, responses=ERRORS,
@@ -345,17 +346,23 @@ def router(service: Service) -> APIRouter:
     async def images_edits(request: Request, form: Annotated[EditForm, Form(media_type="multipart/form-data")]):
         _refuse(form.input_fidelity is not None, "'input_fidelity' is not supported: give 'strength' in (0, 1]",
                 "input_fidelity")
-        img = _upload("image", form.image + form.image_list)
-        m = None if form.mask is None else _openai_mask(form.mask)
-        work = image_work(service, form, output=_output(form), image=img, mask=m, strength=form.strength)
+        def build() -> Work:  # decoding and validation off the event loop
+            img = _upload("image", form.image + form.image_list)
+            m = None if form.mask is None else _openai_mask(form.mask)
+            return image_work(service, form, output=_output(form), image=img, mask=m, strength=form.strength)
+
+        work = await asyncio.to_thread(build)
         return await answer(service, request, work, shaper(service, request, work), "images_edits")
 
     @r.post("/v1/images/variations", name="images_variations", response_model=ImagesResponse, responses=ERRORS,
             summary="Variations of an image (OpenAI images.create_variation): img2img at --variation-strength")
     async def images_variations(request: Request, form: Annotated[VariationForm, Form(media_type="multipart/form-data")]):
-        img = _upload("image", form.image)
-        strength = service.variation_strength if form.strength is None else form.strength
-        work = image_work(service, form, output=_output(form), image=img, strength=strength)
+        def build() -> Work:
+            strength = service.variation_strength if form.strength is None else form.strength
+            return image_work(service, form, output=_output(form), image=_upload("image", form.image),
+                              strength=strength)
+
+        work = await asyncio.to_thread(build)
         return await answer(service, request, work, shaper(service, request, work), "images_variations")
 
     @r.post("/v1/generate", name="generate", response_model=GenerateResponse,
@@ -368,10 +375,13 @@ def router(service: Service) -> APIRouter:
             raise bad("give only one of 'stream' and 'async'", param="stream")
         if body.mask is not None and body.image is None:
             raise bad("'mask' needs 'image' (inpainting)", param="mask")
-        img = None if body.image is None else decode_image("image", body.image)
-        m = None if body.mask is None else decode_image("mask", body.mask)
-        work = image_work(service, body, output=_output(body), image=img, mask=m, strength=body.strength,
-                          height=body.height, width=body.width, preview=body.preview)
+        def build() -> Work:
+            img = None if body.image is None else decode_image("image", body.image)
+            m = None if body.mask is None else decode_image("mask", body.mask)
+            return image_work(service, body, output=_output(body), image=img, mask=m, strength=body.strength,
+                              height=body.height, width=body.width, preview=body.preview)
+
+        work = await asyncio.to_thread(build)
         return await answer(service, request, work, shaper(service, request, work, full=True), "generate",
                             stream=body.stream, async_=body.async_)
 
