@@ -490,6 +490,26 @@ def test_import_fastgen_does_not_import_web_stack():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_runtime_and_cli_without_the_serve_extra():
+    """Without FastAPI / pydantic / uvicorn / prometheus-client installed (hidden here), fastgen imports and
+    `fastgen serve` says which extra to install."""
+    code = ("import sys\n"
+            "for m in ('fastapi', 'pydantic', 'prometheus_client', 'starlette', 'uvicorn', 'python_multipart'):\n"
+            "    sys.modules[m] = None\n"
+            "import fastgen, fastgen.serve\n"
+            "from fastgen.cli import main\n"
+            "assert main(['serve', 'demo', '--port', '8123']) == 2\n"
+            "try:\n"
+            "    fastgen.serve.create_app({'x': 'demo'})\n"
+            "except fastgen.UnsupportedError as e:\n"
+            "    assert 'fastgen[serve]' in str(e)\n"
+            "else:\n"
+            "    raise AssertionError('no UnsupportedError')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert 'serving needs the "serve" extra' in r.stderr
+
+
 # ----------------------------------------------------------------------------------- a real server
 
 def test_uvicorn_load_all_answered_and_batched(eng):
