@@ -1,7 +1,8 @@
 """`fastgen serve`: HTTP API, dynamic batching (bit-equal to lone requests), faults, jobs, SSE, metrics, load.
 
-In-process (httpx ASGI transport / starlette TestClient) except one bounded load test against a real
-uvicorn on 127.0.0.1 with an ephemeral port. Only loopback addresses, ever.
+The FastAPI app in-process (httpx ASGI transport / starlette TestClient) and, where sockets matter (load,
+disconnects, the CLI), a real uvicorn on 127.0.0.1 with an ephemeral port. Only loopback addresses, ever.
+The openai client's calls: test_serve_openai.py; abuse and limits: test_serve_safety.py.
 """
 
 from __future__ import annotations
@@ -464,6 +465,15 @@ def test_cli_refuses_public_bind_without_key(eng, capsys, monkeypatch):
     assert main(["serve", eng, "--host", "0.0.0.0"]) == 2
     assert "without an API key" in capsys.readouterr().err
     check_bind("0.0.0.0", "key")  # allowed with a key (not started here)
+
+
+def test_cli_engine_names_mix_plain_and_named():
+    from fastgen.commands.serve import parse_engines
+
+    assert parse_engines(["demo", "/m/sd15/", "xl=/m/sdxl", "/n/sd15"]) == {
+        "xl": "/m/sdxl", "demo": "demo", "sd15": "/m/sd15/", "sd15-2": "/n/sd15"}
+    with pytest.raises(fastgen.InvalidArgumentError, match="two engines are named 'a'"):
+        parse_engines(["a=/x", "a=/y"])
 
 
 def test_metrics_exposition(eng):

@@ -152,6 +152,9 @@ def test_openapi_describes_every_endpoint(server):
             assert ("multipart/form-data" if "images/" in path and "generations" not in path
                     else "application/json") in content, (path, content)
             assert "400" in op["responses"] and "200" in op["responses"]
+    assert spec["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+    assert paths["/v1/images/edits"]["post"]["security"] == [{"bearer": []}]  # this server has a key
+    assert "security" not in paths["/healthz"]["get"] and "security" not in paths["/v1/files/{file_id}"]["get"]
     schemas = spec["components"]["schemas"]
     gen = schemas["ImagesGenerateRequest"]["properties"]
     for field in ("prompt", "model", "n", "size", "quality", "style", "response_format", "output_format",

@@ -157,6 +157,8 @@ def create_app(engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_qu
     async def internal(request, exc: Exception):
         return _error(error_for(exc), service)
 
+    if service.api_key is not None:
+        _document_key(app)
     post_types = {}
     for route in routes:
         if "POST" in getattr(route, "methods", ()):
@@ -171,6 +173,23 @@ def create_app(engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_qu
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key"])
     return app
+
+
+def _document_key(app: FastAPI) -> None:
+    """The schema says which operations need ``Authorization: Bearer KEY`` (the guard enforces it)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, ops in schema["paths"].items():
+                if not any(path == p or (p.endswith("/") and path.startswith(p)) for p in OPEN_PATHS):
+                    for op in ops.values():
+                        op["security"] = [{"bearer": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _version() -> str:
