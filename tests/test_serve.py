@@ -736,7 +736,8 @@ def test_ray_serve_two_replicas(eng, pipe):
         port = s.getsockname()[1]
         s.close()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"sd": eng}, replicas=2, max_batch=4, max_wait_ms=50), name="fastgen", route_prefix="/")
+        serve.run(build_app({"sd": eng}, replicas=2, max_batch=4, max_wait_ms=50,
+                            app_opts={"cors_origins": ["http://app.example"]}), name="fastgen", route_prefix="/")
 
         async def go():
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
@@ -748,9 +749,13 @@ def test_ray_serve_two_replicas(eng, pipe):
                 rs = await asyncio.gather(*[c.post("/v1/generate", json={"prompt": "a cat", "seed": i,
                                                                          "steps": STEPS}) for i in range(12)])
                 bad_r = await c.post("/v1/generate", json={"prompt": 5})
-                return r, rs, bad_r
+                plain = await c.post("/v1/generate", content=b'{"prompt": "a"}', headers={"content-type": "text/plain"})
+                pre = await c.options("/v1/generate", headers={"Origin": "http://app.example",
+                                                               "Access-Control-Request-Method": "POST"})
+                return r, rs, bad_r, plain, pre
 
-        ready, rs, bad_r = asyncio.run(go())
+        ready, rs, bad_r, plain, pre = asyncio.run(go())
+        assert plain.status_code == 415 and pre.headers["access-control-allow-origin"] == "http://app.example"
         assert ready.status_code == 200
         assert [r.status_code for r in rs] == [200] * 12
         assert max(r.json()["batch"] for r in rs) > 1  # @serve.batch merged requests

@@ -109,10 +109,12 @@ def run(args: argparse.Namespace) -> int:
                 workers=args.workers, api_key=api_key, timeout_s=args.timeout, sizes=sizes,
                 max_images=args.max_images, max_steps=args.max_steps, variation_strength=args.variation_strength,
                 **load_options(args))
-    if args.ray:
+    app_opts = dict(cors_origins=args.cors_origin, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                    max_buffered_bytes=int(args.max_buffered_mb * (1 << 20)), body_timeout_s=args.body_timeout)
+    if args.ray:  # Ray's own HTTP proxy receives the requests: --header-timeout does not apply there
         from ..serve.ray import run_ray
 
-        return run_ray(engines, host=args.host, port=args.port, replicas=args.replicas, **opts)
+        return run_ray(engines, host=args.host, port=args.port, replicas=args.replicas, app_opts=app_opts, **opts)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -121,9 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import create_app
     from ..serve.server import make_server
 
-    app = create_app(engines, cors_origins=args.cors_origin, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-                     max_buffered_bytes=int(args.max_buffered_mb * (1 << 20)), body_timeout_s=args.body_timeout,
-                     file_ttl_s=args.file_ttl, **opts)
+    app = create_app(engines, file_ttl_s=args.file_ttl, **app_opts, **opts)
     make_server(app, args.host, args.port, header_timeout_s=args.header_timeout, log_level=args.log_level,
                 timeout_graceful_shutdown=30).run()
     return 0

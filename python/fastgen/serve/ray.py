@@ -109,7 +109,8 @@ class RayService(Service):
 class FastgenDeployment:
     """A replica: the engines' pipelines, a RayService and the FastAPI app as its HTTP ingress."""
 
-    def __init__(self, engines, **opts):
+    def __init__(self, engines, app_opts: dict | None = None, **opts):
+        self.app_opts = dict(app_opts or {})  # create_app's HTTP options: CORS, body caps and time limit
         mb = int(opts.get("max_batch", 4)) if opts.get("batching", True) else 1
         self._set_batching(mb, float(opts.get("max_wait_ms", 10.0)))
         self.service = RayService(engines, self.batched, **opts)
@@ -128,7 +129,7 @@ class FastgenDeployment:
     def __serve_build_asgi_app__(self):
         from .app import create_app
 
-        return create_app(None, service=self.service)
+        return create_app(None, service=self.service, **self.app_opts)
 
 
 def _abs_engines(engines):
