@@ -810,3 +810,15 @@ def test_cli_serve_sigterm_drains(eng, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.xfail(reason="known bug: Service's warmup is a daemon thread (fastgen/serve/service.py:65); a process "
+                          "that exits while it is still opening ONNX Runtime sessions aborts in C++ ('terminate "
+                          "called without an active exception', SIGABRT), e.g. a script that only dumps "
+                          "create_app(...).openapi()", strict=False)
+def test_a_process_may_exit_while_the_warmup_runs():
+    code = ("from fastgen.serve import create_app\n"
+            "app = create_app({'demo': 'demo'})\n"
+            "print(len(app.openapi()['paths']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
