@@ -7,10 +7,12 @@ endpoint accepts, runs and answers lives in its own module (``images``, ``captio
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import re
 import threading
 import time
+import weakref
 from typing import Any
 
 from ..errors import CancelledError, InvalidArgumentError
@@ -34,6 +36,22 @@ def parse_size(s: Any) -> tuple[int, int] | None:
         raise bad(f"'size' must look like '512x512' (width x height) or 'auto', got {s!r}", param="size")
     return int(m.group(1)), int(m.group(2))
 
+
+
+_WARMING: "weakref.WeakSet[Service]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_warmups() -> None:
+    """At interpreter exit, a warm-up thread still opening sessions would be torn down inside ONNX Runtime's
+    C++ (SIGABRT: a script that only builds an app and dumps its OpenAPI schema exited with 139). Stop each
+    warm-up after the component it is opening, and wait for that one."""
+    services = list(_WARMING)
+    for svc in services:
+        svc.closing = True
+    for svc in services:
+        if svc._warmup_thread is not None:
+            svc._warmup_thread.join()
 
 class Service:
     def __init__(self, engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_queue: int = 64,
@@ -61,8 +79,11 @@ class Service:
         self.ready = threading.Event()
         self.closing = False
         self.load_error: str | None = None
+        self._warmup_thread: threading.Thread | None = None
         if warmup:
-            threading.Thread(target=self._warmup, name="fastgen-serve-warmup", daemon=True).start()
+            self._warmup_thread = threading.Thread(target=self._warmup, name="fastgen-serve-warmup", daemon=True)
+            _WARMING.add(self)
+            self._warmup_thread.start()
         else:
             self.ready.set()
 
@@ -77,6 +98,8 @@ class Service:
             for e in self.engines.values():
                 manifest = getattr(e.pipe, "manifest", None)
                 for comp in getattr(manifest, "components", {}) or {}:
+                    if self.closing:  # closed, or the interpreter is exiting (see _stop_warmups)
+                        return
                     e.pipe.session(comp)
         except Exception as ex:  # noqa: BLE001 - reported by /readyz
             self.load_error = f"{type(ex).__name__}: {ex}"
