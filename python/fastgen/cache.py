@@ -36,7 +36,7 @@ _INT = lambda lo, hi: (lambda name, v: check_int(name, v, lo, hi))  # noqa: E731
 
 
 def _threshold(name: str, v: Any) -> float:
-    return check_float(name, v, 0.0, math.inf)
+    return check_float(name, v, 0.0, 1e6)
 
 
 def _pow(name: str, v: Any) -> float:

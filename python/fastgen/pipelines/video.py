@@ -24,6 +24,7 @@ import numpy as np
 from .. import _core
 from .. import image as imgproc
 from .._args import check_array, check_callable, check_choice, check_float, check_int, check_seed
+from ..cache import parse_cache
 from ..errors import InvalidArgumentError, ManifestError, UnsupportedError
 from ..outputs import Timer, VideoOutput
 from ..requests import VideoRequest
@@ -76,12 +77,15 @@ class TextToVideoPipeline(Pipeline):
                  width=None, seed=None, latents=None, output_type="np", context_length=None, context_stride=4,
                  decode_chunk_size=8, negative_prompt=None, callback=None, num_videos_per_prompt=1,
                  scheduler=None, guidance_rescale=0.0, eta=0.0, context_weighting="pyramid", window_callback=None,
-                 long_video=None, **unknown) -> VideoRequest:
+                 long_video=None, cache=None, **unknown) -> VideoRequest:
         """Check a call's arguments against this engine and return the complete request.
 
         ``long_video``: None or "context" (overlapping context windows), or "fifo" (FIFO-Diffusion
         diagonal denoising over the exported per-frame-timestep UNet)."""
         self.refuse_unknown(unknown)
+        if parse_cache(cache) is not None:  # a bad setting is refused as for images; a valid one is not built yet
+            raise UnsupportedError("step caching (cache=) is not available for video engines yet; image engines "
+                                   "support it (fastgen export ... --cache deepcache)")
         prompts, negatives, n = check_prompt_batch(prompt, negative_prompt, "num_videos_per_prompt",
                                                    num_videos_per_prompt, MAX_VIDEOS_PER_CALL)
         frames = check_int("num_frames", num_frames, 1, MAX_FRAMES)

@@ -1,0 +1,263 @@
+"""Graphs for step caching (``fastgen export ... --cache KIND``).
+
+DeepCache (UNets): the full UNet gets one extra output per exported branch, the deep feature its cached
+steps reuse, and each branch gets a small "shallow" UNet taking that feature as an input. Branch ``b``
+is the authors' ``cache_branch_id``: block ``b // 3``, layer ``b % 3``, counted from the outside in as
+their ``DeepCacheSDHelper`` counts them. At a cached step their helper recomputes exactly the time
+embedding, ``conv_in``, the down layers before the branch, the up layers from the branch outwards and
+the output layers; every other layer returns its output of the last full step. So the shallow graph
+computes those layers, and its input is the hidden state the first recomputed up layer read at the last
+full step (which the full graph outputs as ``deep_feature_b{b}``).
+
+The layers follow diffusers' blocks step for step (resnet, then attention, per layer; the downsampler
+is a down block's last layer, the upsampler runs after an up block's layers); the full graph's
+``noise_pred`` is checked against the UNet's own forward at export.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastgen.errors import ExportError
+
+from .spec import ComponentSpec, TensorSpec
+
+__all__ = ["parse_export_cache", "deepcache_components", "deepcache_record"]
+
+DEEP_FEATURE_INPUT = "deep_feature"  # fastgen.pipelines.step_cache.DEEP_FEATURE_INPUT
+EXPORT_KINDS = ("deepcache", "first_block")
+
+
+def parse_export_cache(cache: Any, family: str) -> dict[str, list[int]]:
+    """``--cache`` values ("deepcache", "deepcache:branch=3", "first_block") -> {kind: [branches]}."""
+    from fastgen.cache import parse_cache
+    from fastgen.errors import InvalidArgumentError
+
+    if cache is None:
+        return {}
+    items = [cache] if isinstance(cache, str) else list(cache)
+    out: dict[str, list[int]] = {}
+    for item in items:
+        try:
+            spec = parse_cache(item)
+        except InvalidArgumentError as e:
+            raise ExportError(f"--cache {item!r}: {e}") from None
+        if spec.kind not in EXPORT_KINDS:
+            raise ExportError(f"--cache {spec.kind!r} needs no export option (every SD3 engine supports it); "
+                              f"export options: {', '.join(EXPORT_KINDS)}")
+        want = "sd3" if spec.kind == "first_block" else ("sd", "sdxl")
+        if family not in want:
+            raise ExportError(f"--cache {spec.kind} applies to {want if isinstance(want, str) else ' / '.join(want)} "
+                              f"engines, not {family!r}")
+        branches = out.setdefault(spec.kind, [])
+        if spec.kind == "deepcache" and spec["branch"] not in branches:
+            branches.append(spec["branch"])
+    return out
+
+
+def _down_layers(block) -> list:
+    """A down block's layers in the helper's numbering: (resnet, attention or None) per layer, then the
+    downsampler as layer len(resnets)."""
+    attns = list(getattr(block, "attentions", None) or [])
+    layers: list = [("res", r, attns[j] if attns else None) for j, r in enumerate(block.resnets)]
+    if block.downsamplers is not None:
+        layers.append(("down", block.downsamplers, None))
+    return layers
+
+
+def _modules():
+    import torch
+
+    class _Base(torch.nn.Module):
+        def __init__(self, unet, xl: bool):
+            super().__init__()
+            self.unet, self.xl = unet, xl
+
+        def cast_in(self, x):
+            dtype = next(self.unet.parameters()).dtype
+            return x.to(dtype) if x.is_floating_point() else x
+
+        def embed(self, sample, timestep, ehs, text_embeds=None, time_ids=None):
+            u = self.unet
+            emb = u.time_embedding(u.get_time_embed(sample=sample, timestep=timestep), None)
+            cond = {"text_embeds": text_embeds, "time_ids": time_ids} if self.xl else {}
+            aug = u.get_aug_embed(emb=emb, encoder_hidden_states=ehs, added_cond_kwargs=cond)
+            emb = emb + aug if aug is not None else emb
+            if u.time_embed_act is not None:
+                emb = u.time_embed_act(emb)
+            return emb, u.process_encoder_hidden_states(encoder_hidden_states=ehs, added_cond_kwargs=cond)
+
+        @staticmethod
+        def run_down_layer(layer, h, emb, ehs):
+            kind, mod, attn = layer
+            if kind == "down":
+                for d in mod:
+                    h = d(h)
+                return h
+            h = mod(h, emb)
+            if attn is not None:
+                h = attn(h, encoder_hidden_states=ehs, return_dict=False)[0]
+            return h
+
+        @staticmethod
+        def run_up_layer(block, j, h, res, emb, ehs):
+            h = torch.cat([h, res], dim=1)
+            h = block.resnets[j](h, emb)
+            attns = getattr(block, "attentions", None)
+            if attns:
+                h = attns[j](h, encoder_hidden_states=ehs, return_dict=False)[0]
+            return h
+
+        def first_up_layer(self, block, layer_id: int) -> int:
+            """Index of the first resnet the helper recomputes in the branch's up block."""
+            return max(0, len(block.resnets) - 1 - layer_id)
+
+        def finish(self, h):
+            u = self.unet
+            if u.conv_norm_out:
+                h = u.conv_act(u.conv_norm_out(h))
+            return u.conv_out(h).float()
+
+        def args(self, inputs):
+            if self.xl:
+                sample, timestep, ehs, text_embeds, time_ids = inputs[:5]
+                rest = inputs[5:]
+                cond = (self.cast_in(text_embeds), self.cast_in(time_ids))
+            else:
+                sample, timestep, ehs = inputs[:3]
+                rest, cond = inputs[3:], ()
+            return self.cast_in(sample), timestep, None if ehs is None else self.cast_in(ehs), cond, rest
+
+    class Full(_Base):
+        """The UNet's forward, also returning the deep feature of each branch."""
+
+        def __init__(self, unet, xl, branches):
+            super().__init__(unet, xl)
+            self.branches = list(branches)
+
+        def forward(self, *inputs):
+            u = self.unet
+            sample, timestep, ehs, cond, _ = self.args(inputs)
+            emb, ehs = self.embed(sample, timestep, ehs, *cond)
+            h = u.conv_in(sample)
+            res = [h]
+            for block in u.down_blocks:
+                for layer in _down_layers(block):
+                    h = self.run_down_layer(layer, h, emb, ehs)
+                    res.append(h)
+            if u.mid_block is not None:
+                if getattr(u.mid_block, "has_cross_attention", False):
+                    h = u.mid_block(h, emb, encoder_hidden_states=ehs)
+                else:
+                    h = u.mid_block(h, emb)
+            n = len(u.up_blocks)
+            feats: dict[int, Any] = {}
+            for i, block in enumerate(u.up_blocks):
+                k = n - 1 - i
+                for j in range(len(block.resnets)):
+                    for b in self.branches:
+                        if b // 3 == k and j == self.first_up_layer(block, b % 3):
+                            feats[b] = h
+                    h = self.run_up_layer(block, j, h, res.pop(), emb, ehs)
+                if block.upsamplers is not None:
+                    for up in block.upsamplers:
+                        h = up(h, None)
+            return (self.finish(h),) + tuple(feats[b].float() for b in self.branches)
+
+    class Shallow(_Base):
+        """A cached step of DeepCacheSDHelper: the layers around the branch over the given deep feature."""
+
+        def __init__(self, unet, xl, branch):
+            super().__init__(unet, xl)
+            self.block_id, self.layer_id = branch // 3, branch % 3
+            k, n = self.block_id, len(unet.up_blocks)
+            down = [layer[2] is not None for bi, block in enumerate(unet.down_blocks)
+                    for li, layer in enumerate(_down_layers(block)) if bi < k or (bi == k and li < self.layer_id)]
+            up = [bool(getattr(block, "attentions", None)) for i, block in enumerate(unet.up_blocks) if n - 1 - i <= k]
+            #: whether the recomputed layers attend to the text (else encoder_hidden_states is no input)
+            self.uses_text = any(down) or any(up)
+
+        def forward(self, *inputs):
+            u = self.unet
+            if not self.uses_text:
+                inputs = inputs[:2] + (None,) + inputs[2:]
+            sample, timestep, ehs, cond, (feature,) = self.args(inputs)
+            emb, ehs = self.embed(sample, timestep, ehs, *cond)
+            h = u.conv_in(sample)
+            res: list = [h]
+            for bi, block in enumerate(u.down_blocks):
+                for li, layer in enumerate(_down_layers(block)):
+                    # the helper skips down layers from (block_id, layer_id) on; their outputs feed only
+                    # skipped up layers, so they stay None here
+                    fresh = bi < self.block_id or (bi == self.block_id and li < self.layer_id)
+                    h = self.run_down_layer(layer, h, emb, ehs) if fresh else None
+                    res.append(h)
+            h = self.cast_in(feature)
+            n = len(u.up_blocks)
+            for i, block in enumerate(u.up_blocks):
+                k = n - 1 - i
+                first = self.first_up_layer(block, self.layer_id) if k == self.block_id else 0
+                for j in range(len(block.resnets)):
+                    r = res.pop()
+                    if k > self.block_id or j < first:
+                        continue
+                    h = self.run_up_layer(block, j, h, r, emb, ehs)
+                if k <= self.block_id and block.upsamplers is not None:
+                    for up in block.upsamplers:
+                        h = up(h, None)
+            return self.finish(h)
+
+    return Full, Shallow
+
+
+def deepcache_components(unet_spec: ComponentSpec, model, branches: list[int],
+                         parity_dims: dict[str, int]) -> list[ComponentSpec]:
+    """The UNet spec with the deep-feature outputs (its parity held to the UNet's own forward), and one
+    shallow UNet per branch."""
+    import torch
+
+    Full, Shallow = _modules()
+    n = len(model.up_blocks)
+    for b in branches:
+        if not 0 <= b < 3 * n:
+            raise ExportError(f"--cache deepcache:branch={b}: this UNet has {n} blocks, so branch must be in "
+                              f"[0, {3 * n - 1}]")
+    xl = model.config.addition_embed_type == "text_time"
+    original, make = unet_spec.module, unet_spec.make_inputs
+    full = Full(model, xl, branches)
+    lat = ("batch", "feature_channels", "feature_height", "feature_width")
+    feature_specs = [TensorSpec(f"deep_feature_b{b}", "float32", tuple(f"{d}_b{b}" if d != "batch" else d for d in lat))
+                     for b in branches]
+
+    def full_cases(gen):
+        inputs = make(parity_dims, gen)
+        with torch.no_grad():
+            ref = original(*inputs)  # the UNet's own forward (diffusers)
+            feats = full(*inputs)[1:]
+        return [("", inputs, (ref,) + tuple(feats))]
+
+    specs = [ComponentSpec(unet_spec.name, full, unet_spec.inputs, unet_spec.outputs + feature_specs, make,
+                           info=unet_spec.info,
+                           parity_cases=full_cases)]
+    for idx, b in enumerate(branches):
+        shallow = Shallow(model, xl, b)
+        # graphs keep only the inputs they use: without attention among its layers, no text input
+        keep = [i for i, t in enumerate(unet_spec.inputs) if shallow.uses_text or t.name != "encoder_hidden_states"]
+
+        def make_shallow(dims, gen, idx=idx, keep=keep):
+            base = make(dims, gen)
+            with torch.no_grad():
+                feature = full(*base)[1 + idx]
+            return tuple(base[i] for i in keep) + (feature,)
+
+        inputs = [unet_spec.inputs[i] for i in keep] + [TensorSpec(DEEP_FEATURE_INPUT, "float32",
+                                                                     feature_specs[idx].shape)]
+        specs.append(ComponentSpec(f"unet_deepcache_b{b}", shallow, inputs, unet_spec.outputs, make_shallow,
+                                   info={"deepcache_branch": b}))
+    return specs
+
+
+def deepcache_record(branches: list[int]) -> dict[str, Any]:
+    """config.step_cache.deepcache of the manifest."""
+    return {"branches": {str(b): {"component": f"unet_deepcache_b{b}", "feature": f"deep_feature_b{b}"}
+                         for b in branches}}
