@@ -1,0 +1,110 @@
+"""Step caching (issue 17): end-to-end time with and without each cache, and the full network calls.
+
+DeepCache (uniform, interval 3 and 5, branch 0) against cache off on the SD 1.5 UNet layout at reduced
+width (``models.py`` "sd15-small", exported with ``--cache deepcache``), 20 and 50 DDIM steps, CFG,
+256x256, one image; every setting is timed in the same run, alternating, so the ratios hold on a loaded
+machine even when absolute times drift. PSNR of each cached image against the uncached one. JSON +
+plot in ``--out``.
+
+    PYTHONPATH=python:export python benchmarks/step_cache.py --out benchmarks/results [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import write_json  # noqa: E402
+from models import DEFAULT_CACHE, diffusion_model, log  # noqa: E402
+
+SETTINGS = [None, "deepcache:interval=3,branch=0", "deepcache:interval=5,branch=0"]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def run(out: str, cache: str, repeat: int, steps_list=(20, 50), size: int = 256) -> dict:
+    import fastgen
+
+    model = diffusion_model("sd15-small", cache)
+    pipe = fastgen.Pipeline.load(model["engine"])
+    kw = dict(height=size, width=size, guidance_scale=7.5, scheduler="ddim", output_type="np", seed=1)
+    pipe("warm up", num_inference_steps=2, **kw)
+    pipe("warm up", num_inference_steps=2, cache="deepcache:interval=2", **kw)
+    rows = []
+    for steps in steps_list:
+        times: dict = {s: [] for s in SETTINGS}
+        images, stats = {}, {}
+        for r in range(repeat):  # alternate the settings so load changes hit them alike
+            for s in SETTINGS:
+                t0 = time.perf_counter()
+                o = pipe("a photo of a cat", num_inference_steps=steps, cache=s, **kw)
+                times[s].append(time.perf_counter() - t0)
+                images[s], stats[s] = o.images, o.cache_stats
+            log(f"{steps} steps, round {r + 1}: " + ", ".join(f"{s or 'off'} {times[s][-1]:.2f}s" for s in SETTINGS))
+        base = float(np.median(times[None]))
+        for s in SETTINGS:
+            t = float(np.median(times[s]))
+            rows.append({"steps": steps, "cache": s or "off", "seconds_median": t, "seconds": times[s],
+                         "speedup": base / t, "full_calls": steps if s is None else stats[s]["full_calls"],
+                         "network_calls": steps,
+                         "psnr_vs_off": None if s is None else psnr(images[s], images[None])})
+    payload = {"model": model["description"], "size": size, "scheduler": "DDIM", "guidance_scale": 7.5,
+               "repeat": repeat, "load_avg": os.getloadavg(), "rows": rows}
+    path = write_json(out, "step_cache", payload)
+    plot(rows, os.path.join(out, "step_cache.png"))
+    return {"json": path, "rows": rows}
+
+
+def plot(rows: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return
+    steps = sorted({r["steps"] for r in rows})
+    kinds = list(dict.fromkeys(r["cache"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    w = 0.8 / len(kinds)
+    for i, k in enumerate(kinds):
+        ys = [next(r["seconds_median"] for r in rows if r["steps"] == s and r["cache"] == k) for s in steps]
+        bars = ax.bar([j + i * w for j in range(len(steps))], ys, w, label=k)
+        for b, s in zip(bars, steps):
+            r = next(r for r in rows if r["steps"] == s and r["cache"] == k)
+            ax.annotate(f"{r['speedup']:.2f}x\n{r['full_calls']} full", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks([j + w * (len(kinds) - 1) / 2 for j in range(len(steps))], [f"{s} steps" for s in steps])
+    ax.set_ylabel("end-to-end seconds (median)")
+    ax.set_title("fastgen step caching, SD 1.5 layout at 1/4 width, 256x256, CFG")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--cache", default=DEFAULT_CACHE, help="model cache directory")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    res = run(args.out, args.cache, args.repeat)
+    for r in res["rows"]:
+        print(f"{r['steps']:3d} steps  {r['cache']:34s} {r['seconds_median']:7.2f}s  {r['speedup']:.2f}x  "
+              f"{r['full_calls']:2d}/{r['network_calls']} full  PSNR {r['psnr_vs_off']}")
+    print(res["json"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
