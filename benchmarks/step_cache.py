@@ -85,7 +85,7 @@ def plot(rows: list[dict], path: str) -> None:
                         ha="center", va="bottom", fontsize=7)
     ax.set_xticks([j + w * (len(kinds) - 1) / 2 for j in range(len(steps))], [f"{s} steps" for s in steps])
     ax.set_ylabel("end-to-end seconds (median)")
-    ax.set_title("fastgen step caching, SD 1.5 layout at 1/4 width, 256x256, CFG")
+    ax.set_title("fastgen step caching, SD 1.5 layout at 0.3 width, 256x256, CFG")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -223,3 +223,57 @@ def test_cli_cache_and_png_text_chunk(tmp_path):
                           "--cache", "deepcache:interval=0"], capture_output=True, text=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert bad.returncode != 0 and "[1, 1000]" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------ First-Block Cache vs diffusers
+
+def _fbc_reference(src, threshold, prompts, lat, **kw):
+    """StableDiffusion3Pipeline with diffusers' apply_first_block_cache; returns (images, full-step flags)."""
+    import diffusers
+    import torch
+    from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, apply_first_block_cache
+    from diffusers.models.cache_utils import CacheMixin
+
+    ref = diffusers.StableDiffusion3Pipeline.from_pretrained(src, text_encoder_3=None, tokenizer_3=None)
+    ref.set_progress_bar_config(disable=True)
+    tr = ref.transformer
+    # diffusers 0.42's tail hook subtracts the last block's encoder output, which SD3's last block
+    # (context_pre_only) returns as None: let it return its encoder input instead. The transformer drops the
+    # encoder states after the last block, so its output is unchanged; only the hook can run.
+    last = tr.transformer_blocks[-1]
+    last_forward = last.forward
+
+    def forward(hidden_states, encoder_hidden_states, temb, joint_attention_kwargs=None):
+        e, h = last_forward(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
+                            joint_attention_kwargs=joint_attention_kwargs)
+        return (encoder_hidden_states if e is None else e), h
+
+    last.forward = forward
+    apply_first_block_cache(tr, FirstBlockCacheConfig(threshold=threshold))
+    hook = HookRegistry.check_if_exists_or_initialize(tr.transformer_blocks[0]).get_hook("fbc_leader_block_hook")
+    decide, decisions = hook._should_compute_remaining_blocks, []
+
+    def record(residual):
+        decisions.append(decide(residual))
+        return decisions[-1]
+
+    hook._should_compute_remaining_blocks = record
+    with CacheMixin.cache_context(tr, "cond_uncond"):  # SD3's pipeline sets no cache context
+        images = ref(prompts, latents=torch.from_numpy(lat), output_type="np", **kw).images
+    return images, decisions
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6])
+def test_first_block_cache_sd3_equals_diffusers_hook(threshold):
+    src, eng = tiny_engine("sd3", export_options={"cache": "first_block"})
+    pipe = fastgen.Pipeline.load(eng)
+    lat = fastgen.randn((2, pipe.latent_channels, 16, 16), seed=8)
+    kw = dict(num_inference_steps=10, guidance_scale=4.0, height=64, width=64)  # CFG batch
+    want, decisions = _fbc_reference(src, threshold, PROMPTS, lat, **kw)
+    got = pipe(PROMPTS, latents=lat, output_type="np", cache=f"first_block:threshold={threshold}", **kw)
+    full = [i for i, d in enumerate(decisions) if d]
+    assert got.cache_stats["full_steps"] == full  # the same skipped steps
+    assert 1 < len(full) < 10  # some steps cached, some not: the comparison means something
+    assert max_diff(got.images, want) < 2e-3
+    plain = pipe(PROMPTS, latents=lat, output_type="np", **kw).images
+    assert max_diff(plain, want) > 1e-3

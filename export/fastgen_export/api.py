@@ -62,7 +62,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
             sources have no such component and ignore it.
         cache: step-cache graphs to add (``fastgen export --cache``): a spec or a list of specs,
             "deepcache" / "deepcache:branch=N" (SD / SDXL UNets: the deep-feature outputs and one shallow
-            UNet per branch). None: none (engines then run without ``cache=``).
+            UNet per branch), "first_block" (SD3: the transformer split for First-Block Cache). None: none (engines then run without ``cache=``).
         log: progress sink (default: stderr); None silences it.
     Returns:
         the absolute path of the engine directory.

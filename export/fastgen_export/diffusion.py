@@ -22,7 +22,8 @@ from fastgen.errors import ExportError
 
 from .base import Exporter
 from .sources import check_entries, import_class, model_index_entry, read_json, read_model_index
-from .step_cache import deepcache_components, deepcache_record, parse_export_cache
+from .step_cache import (FIRST_BLOCK_RECORD, deepcache_components, deepcache_record, first_block_components,
+                         parse_export_cache)
 from .spec import ComponentSpec, TensorSpec, TokenizerSpec
 
 __all__ = ["SUPPORTED_PIPELINES", "PipelinePlan", "DiffusersExporter", "ImageExporter", "plan_pipeline",
@@ -481,7 +482,10 @@ class ImageExporter(DiffusersExporter):
         if "deepcache" in self.cache:
             yield from deepcache_components(den, den.module.model, self.cache["deepcache"], self.parity_dims)
         else:
+            model = den.module.model
             yield den
+            if "first_block" in self.cache:
+                yield from first_block_components(den, model)
         dec, enc = build_vae(plan)
         yield dec
         yield enc
@@ -491,6 +495,8 @@ class ImageExporter(DiffusersExporter):
         cfg = pipeline_config(self.plan, self.info, self.manifest["tokenizers"], self.scheduler)
         if "deepcache" in self.cache:
             cfg["step_cache"] = {"deepcache": deepcache_record(self.cache["deepcache"])}
+        if "first_block" in self.cache:
+            cfg["step_cache"] = {"first_block": dict(FIRST_BLOCK_RECORD)}
         return cfg
 
 

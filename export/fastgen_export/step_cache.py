@@ -1,5 +1,12 @@
 """Graphs for step caching (``fastgen export ... --cache KIND``).
 
+First-Block Cache (SD3): the transformer in three more graphs, as diffusers' apply_first_block_cache splits
+it: ``transformer_fbc_head`` (embeddings and the first block; outputs its hidden / encoder states, the
+time embedding and the first block's residual), ``transformer_fbc_body`` (the other blocks and the output
+layers; also outputs the hidden-state residual of the blocks after the first) and ``transformer_fbc_out``
+(the output layers alone, over the first block's output plus the cached residual: a cached step). The
+plain ``transformer`` stays for calls without the cache.
+
 DeepCache (UNets): the full UNet gets one extra output per exported branch, the deep feature its cached
 steps reuse, and each branch gets a small "shallow" UNet taking that feature as an input. Branch ``b``
 is the authors' ``cache_branch_id``: block ``b // 3``, layer ``b % 3``, counted from the outside in as
@@ -22,10 +29,11 @@ from fastgen.errors import ExportError
 
 from .spec import ComponentSpec, TensorSpec
 
-__all__ = ["parse_export_cache", "deepcache_components", "deepcache_record"]
+__all__ = ["parse_export_cache", "deepcache_components", "deepcache_record", "first_block_components",
+           "FIRST_BLOCK_RECORD"]
 
 DEEP_FEATURE_INPUT = "deep_feature"  # fastgen.pipelines.step_cache.DEEP_FEATURE_INPUT
-EXPORT_KINDS = ("deepcache",)
+EXPORT_KINDS = ("deepcache", "first_block")
 
 
 def parse_export_cache(cache: Any, family: str) -> dict[str, list[int]]:
@@ -42,14 +50,13 @@ def parse_export_cache(cache: Any, family: str) -> dict[str, list[int]]:
             spec = parse_cache(item)
         except InvalidArgumentError as e:
             raise ExportError(f"--cache {item!r}: {e}") from None
-        if spec.kind == "first_block":
-            raise ExportError("--cache first_block: the split SD3 transformer export is not implemented yet (the "
-                              "core's FirstBlockCache decision is); SD3 engines support --cache taylorseer at run time")
         if spec.kind not in EXPORT_KINDS:
             raise ExportError(f"--cache {spec.kind!r} needs no export option (every SD3 engine supports it); "
                               f"export options: {', '.join(EXPORT_KINDS)}")
-        if family not in ("sd", "sdxl"):
-            raise ExportError(f"--cache {spec.kind} applies to SD / SDXL UNet engines, not {family!r}")
+        want = ("sd3",) if spec.kind == "first_block" else ("sd", "sdxl")
+        if family not in want:
+            raise ExportError(f"--cache {spec.kind} applies to {' / '.join(w.upper() for w in want)} engines, "
+                              f"not {family!r}")
         branches = out.setdefault(spec.kind, [])
         if spec.kind == "deepcache" and spec["branch"] not in branches:
             branches.append(spec["branch"])
@@ -262,3 +269,87 @@ def deepcache_record(branches: list[int]) -> dict[str, Any]:
     """config.step_cache.deepcache of the manifest."""
     return {"branches": {str(b): {"component": f"unet_deepcache_b{b}", "feature": f"deep_feature_b{b}"}
                          for b in branches}}
+
+
+# ------------------------------------------------------------------------------------------ First-Block Cache
+
+FIRST_BLOCK_RECORD = {"head": "transformer_fbc_head", "body": "transformer_fbc_body", "out": "transformer_fbc_out"}
+
+
+def _sd3_modules():
+    import torch
+
+    class _SD3Part(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def output(self, hidden, temb, like):
+            """norm_out, proj_out and the unpatchify of SD3Transformer2DModel.forward (sizes from ``like``)."""
+            m = self.model
+            height, width = like.shape[-2:]
+            h = m.proj_out(m.norm_out(hidden, temb))
+            p = m.config.patch_size
+            h = h.reshape(h.shape[0], height // p, width // p, p, p, m.out_channels)
+            h = torch.einsum("nhwpqc->nchpwq", h)
+            return h.reshape(h.shape[0], m.out_channels, (height // p) * p, (width // p) * p).float()
+
+    class Head(_SD3Part):
+        def forward(self, hidden_states, timestep, encoder_hidden_states, pooled_projections):
+            m = self.model
+            h = m.pos_embed(hidden_states).contiguous()
+            temb = m.time_text_embed(timestep, pooled_projections)
+            e = m.context_embedder(encoder_hidden_states)
+            e1, h1 = m.transformer_blocks[0](hidden_states=h, encoder_hidden_states=e, temb=temb)
+            return h1, e1, temb, h1 - h
+
+    class Body(_SD3Part):
+        def forward(self, head_hidden, head_encoder, temb, hidden_states):
+            h, e = head_hidden, head_encoder
+            for block in self.model.transformer_blocks[1:]:
+                e, h = block(hidden_states=h, encoder_hidden_states=e, temb=temb)
+            return self.output(h, temb, hidden_states), h - head_hidden
+
+    class Out(_SD3Part):
+        def forward(self, hidden, temb, hidden_states):
+            return self.output(hidden, temb, hidden_states)
+
+    return Head, Body, Out
+
+
+def first_block_components(spec: ComponentSpec, model) -> list[ComponentSpec]:
+    """The three First-Block Cache graphs of an SD3 transformer ``spec`` (its inputs and example maker)."""
+    import torch
+
+    if len(model.transformer_blocks) < 2:
+        raise ExportError("--cache first_block needs a transformer with at least 2 blocks")
+    Head, Body, Out = _sd3_modules()
+    head, body, out = Head(model), Body(model), Out(model)
+    make, noise = spec.make_inputs, spec.outputs[0]
+    tokens = ("batch", "image_tokens", "inner_dim")
+    t_hidden = TensorSpec("head_hidden", "float32", tokens)
+    t_enc = TensorSpec("head_encoder", "float32", ("batch", "text_tokens", "caption_dim"))
+    t_temb = TensorSpec("temb", "float32", ("batch", "inner_dim"))
+    latent = spec.inputs[0]  # hidden_states: the body and out graphs read only its height and width
+
+    def head_outputs(dims, gen):
+        base = make(dims, gen)
+        with torch.no_grad():
+            return base, head(*base)
+
+    def make_body(dims, gen):
+        base, (h, e, temb, _) = head_outputs(dims, gen)
+        return h, e, temb, base[0]
+
+    def make_out(dims, gen):
+        base, (h, _, temb, _) = head_outputs(dims, gen)
+        return h + 0.1 * torch.randn(h.shape, generator=gen), temb, base[0]
+
+    return [
+        ComponentSpec(FIRST_BLOCK_RECORD["head"], head, spec.inputs,
+                      [t_hidden, t_enc, t_temb, TensorSpec("head_residual", "float32", tokens)], make),
+        ComponentSpec(FIRST_BLOCK_RECORD["body"], body, [t_hidden, t_enc, t_temb, latent],
+                      [noise, TensorSpec("tail_residual", "float32", tokens)], make_body),
+        ComponentSpec(FIRST_BLOCK_RECORD["out"], out, [TensorSpec("hidden", "float32", tokens), t_temb, latent],
+                      [noise], make_out),
+    ]

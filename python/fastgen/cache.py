@@ -11,8 +11,7 @@ deepcache      UNets (SD 1.x/2.x, SDXL, AnimateDiff). ``interval`` (3): a full U
                ``fastgen export ... --cache deepcache[:branch=N]``.
 first_block    SD3 transformers (diffusers' FirstBlockCache). ``threshold`` (0.05): the rest of the
                transformer runs when the first block's residual changed by more than this (relative
-               L1) since the last full step. The decision is in the core; the split transformer
-               export it needs is not built yet, so no engine supports it so far.
+               L1) since the last full step. Engines need ``fastgen export ... --cache first_block``.
 taylorseer     SD3 transformers (diffusers' TaylorSeer, lite mode: the output projection is
                extrapolated). ``interval`` (5), ``warmup`` (3: full steps first), ``until`` (none:
                full steps from this step on), ``order`` (1). Every SD3 engine supports it.
@@ -57,7 +56,7 @@ KINDS: dict[str, dict[str, tuple[Any, Any]]] = {
 }
 ALIASES = {"fbcache": "first_block", "first-block": "first_block", "fbc": "first_block"}
 #: the export option that adds a kind's graphs (taylorseer needs none)
-EXPORT_FLAG = {"deepcache": "--cache deepcache"}
+EXPORT_FLAG = {"deepcache": "--cache deepcache", "first_block": "--cache first_block"}
 
 
 @dataclass(frozen=True)
@@ -151,8 +150,6 @@ def check_cache(cache: Any, manifest) -> CacheSpec | None:
         how = f"; export it with `fastgen export SOURCE OUT {flag}`" if flag else ""
         if spec.kind == "taylorseer":
             how = " (taylorseer needs an SD3 transformer)"
-        elif spec.kind == "first_block":
-            how = " (first_block needs a split SD3 transformer export, not implemented yet)"
         raise InvalidArgumentError(f"this engine was not exported for cache kind {spec.kind!r} (it supports: "
                                    f"{have}){how}")
     if spec.kind == "deepcache":

@@ -230,6 +230,8 @@ DIFFUSION = {
         "deepcache": S.Obj({"branches": S.Map(S.Obj({"component": S.Str(max_len=256, required=True),
                                                      "feature": S.Str(max_len=256, required=True)}),
                                               max_items=64, required=True)}),
+        "first_block": S.Obj({"head": S.Str(max_len=256, required=True), "body": S.Str(max_len=256, required=True),
+                              "out": S.Str(max_len=256, required=True)}),
     }),
 }
 SDXL = {

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-images", type=int, default=1)
     p.add_argument("--cache", default=None, metavar="KIND[:key=value,...]",
                    help="step caching: deepcache[:interval=3,branch=0,uniform=true] (engines exported with "
-                        "--cache deepcache), taylorseer[:interval=5,warmup=3] (SD3); "
+                        "--cache deepcache), first_block[:threshold=0.05] (SD3, --cache first_block), taylorseer[:interval=5,warmup=3] (SD3); "
                         "default off")
     add_backend_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

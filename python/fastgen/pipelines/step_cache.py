@@ -68,6 +68,33 @@ class DeepCacheRunner(_Runner):
         return _f32(self.shallow.run(feeds, ["noise_pred"])["noise_pred"])
 
 
+class FirstBlockRunner(_Runner):
+    """SD3 in three graphs: the first block (always), the other blocks (when the policy says so), and the
+    output layers over the cached residual otherwise (diffusers' FirstBlockCache)."""
+
+    def __init__(self, spec, record: dict, session, denoiser: str, steps: int):
+        super().__init__(spec)
+        try:
+            self.head, self.body, self.out = (session(record[k]) for k in ("head", "body", "out"))
+        except KeyError as e:
+            raise ManifestError(f"fastgen.json config.step_cache.first_block lacks {e}") from None
+        self.policy = _core.FirstBlockCache(spec["threshold"])
+        self.tail_residual: np.ndarray | None = None
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        h = self.head.run(inputs, ["head_hidden", "head_encoder", "temb", "head_residual"])
+        full = self.policy.should_compute(_f32(h["head_residual"])) or self.tail_residual is None
+        self.full.append(full)
+        if full:
+            b = self.body.run({"head_hidden": h["head_hidden"], "head_encoder": h["head_encoder"], "temb": h["temb"],
+                               "hidden_states": inputs["hidden_states"]}, ["noise_pred", "tail_residual"])
+            self.tail_residual = b["tail_residual"]
+            return _f32(b["noise_pred"])
+        hidden = self.tail_residual + h["head_hidden"]
+        return _f32(self.out.run({"hidden": hidden, "temb": h["temb"], "hidden_states": inputs["hidden_states"]},
+                                 ["noise_pred"])["noise_pred"])
+
+
 class TaylorSeerRunner(_Runner):
     """The whole network on the policy's full steps; elsewhere the Taylor extrapolation of its output
     (diffusers' TaylorSeer lite mode extrapolates proj_out, whose output the final reshape only permutes)."""
@@ -90,7 +117,7 @@ class TaylorSeerRunner(_Runner):
         return self.policy.predict(self.like)
 
 
-RUNNERS = {"deepcache": DeepCacheRunner, "taylorseer": TaylorSeerRunner}
+RUNNERS = {"deepcache": DeepCacheRunner, "first_block": FirstBlockRunner, "taylorseer": TaylorSeerRunner}
 
 
 def make_runner(spec: CacheSpec, manifest, session, denoiser: str, steps: int) -> _Runner:
