@@ -1,6 +1,7 @@
 """The ``cache=`` request field: step caching settings, parsed and checked against the engine.
 
-A setting is a spec string ``"KIND"`` or ``"KIND:key=value,key=value"`` (the CLI's ``--cache``), a dict
+A setting is a spec string ``"KIND"`` or ``"KIND:key=value,key=value"`` (the CLI's ``--cache``; ``;``
+separates options too), a dict
 ``{"kind": KIND, key: value, ...}``, or a :class:`CacheSpec`; ``None`` (the default) is off. Kinds:
 
 =============  =====================================================================================
@@ -107,7 +108,7 @@ def parse_cache(cache: Any) -> CacheSpec | None:
     if isinstance(cache, str):
         head, _, rest = cache.partition(":")
         kind, given = _kind(head), {}
-        for part in filter(None, (p.strip() for p in rest.split(","))):
+        for part in filter(None, (p.strip() for p in rest.replace(";", ",").split(","))):
             key, eq, val = part.partition("=")
             if not eq:
                 raise InvalidArgumentError(f"cache option {part!r} must be key=value (in {cache!r})")

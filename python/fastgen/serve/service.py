@@ -412,7 +412,7 @@ class Service:
             allowed = {"model", "engine", "prompt", "negative_prompt", "n", "num_images", "num_images_per_prompt",
                        "size", "height", "width", "steps", "num_inference_steps", "guidance", "guidance_scale",
                        "guidance_rescale", "eta", "seed", "scheduler", "image", "mask", "mask_image", "strength",
-                       "stream", "async", "response_format", "output_format", "preview"}
+                       "stream", "async", "response_format", "output_format", "preview", "cache"}
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise bad(f"unknown field(s): {', '.join(unknown)}")
@@ -451,7 +451,7 @@ class Service:
                         seed=body.get("seed"), scheduler=body.get("scheduler"),
                         image=None if image is None else decode_image("image", image),
                         mask_image=None if mask is None else decode_image("mask", mask),
-                        strength=body.get("strength"), output_type="np")
+                        strength=body.get("strength"), output_type="np", cache=body.get("cache"))
         if self.sizes is not None and (req.width, req.height) not in self.sizes:
             allowed = ", ".join(f"{a}x{b}" for a, b in sorted(self.sizes))
             raise bad(f"size {req.width}x{req.height} is not allowed; allowed sizes: {allowed}")
