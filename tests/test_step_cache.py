@@ -277,3 +277,46 @@ def test_first_block_cache_sd3_equals_diffusers_hook(threshold):
     assert max_diff(got.images, want) < 2e-3
     plain = pipe(PROMPTS, latents=lat, output_type="np", **kw).images
     assert max_diff(plain, want) > 1e-3
+
+
+def test_eval_compares_cache_on_against_off():
+    from fastgen import evaluate
+
+    _, eng = tiny_engine("sd", export_options=DEEPCACHE)
+    rep = evaluate.compare(eng, (eng, {"cache": "deepcache:interval=3"}), prompts=["a cat", "a dog"],
+                           num_inference_steps=6, height=32, width=32)
+    psnrs = rep.psnr_values
+    assert all(20 < p < 80 for p in psnrs)  # close to cache off, but not equal
+
+
+# ------------------------------------------------------------------------------------ DeepCache over AnimateDiff
+
+def test_deepcache_animatediff_equals_deepcache_helper():
+    import diffusers
+    import torch
+    from DeepCache import DeepCacheSDHelper
+
+    src, eng = tiny_engine("animatediff", export_options={"cache": ["deepcache", "deepcache:branch=3"],
+                                                          "fifo_unet": False})
+    vid = fastgen.Pipeline.load(eng)
+    frames, h, w = 6, 48, 64
+    lat = fastgen.randn((2, 4, frames, h // 8, w // 8), seed=3)
+    kw = dict(num_frames=frames, num_inference_steps=7, guidance_scale=6.0, height=h, width=w,
+              negative_prompt=["blurry", "ugly"])
+    ref = diffusers.AnimateDiffPipeline.from_pretrained(src)
+    ref.set_progress_bar_config(disable=True)
+    for branch in (0, 3):
+        helper = DeepCacheSDHelper(pipe=ref)
+        helper.set_params(cache_interval=3, cache_branch_id=branch)
+        helper.enable()
+        try:
+            want = ref(PROMPTS, latents=torch.from_numpy(lat), output_type="np", **kw).frames
+        finally:
+            helper.disable()
+        got = vid(PROMPTS, latents=lat, cache=f"deepcache:interval=3,branch={branch}", **kw)
+        assert max_diff(got.frames, want) < 2e-3
+        assert got.cache_stats["full_steps"] == [0, 3, 6]
+    plain = vid(PROMPTS, latents=lat, **kw).frames
+    assert max_diff(plain, want) > 1e-3
+    with pytest.raises(fastgen.UnsupportedError, match="one context window"):
+        vid("a cat", cache="deepcache", num_frames=12, context_length=8, num_inference_steps=2, height=32, width=32)

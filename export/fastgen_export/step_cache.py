@@ -64,100 +64,121 @@ def parse_export_cache(cache: Any, family: str) -> dict[str, list[int]]:
 
 
 def _down_layers(block) -> list:
-    """A down block's layers in the helper's numbering: (resnet, attention or None) per layer, then the
-    downsampler as layer len(resnets)."""
+    """A down block's layers in the helper's numbering: (kind, resnet, attention or None, motion module or
+    None) per layer, then the downsampler as layer len(resnets)."""
     attns = list(getattr(block, "attentions", None) or [])
-    layers: list = [("res", r, attns[j] if attns else None) for j, r in enumerate(block.resnets)]
+    motions = list(getattr(block, "motion_modules", None) or [])
+    layers: list = [("res", r, attns[j] if attns else None, motions[j] if motions else None)
+                    for j, r in enumerate(block.resnets)]
     if block.downsamplers is not None:
-        layers.append(("down", block.downsamplers, None))
+        layers.append(("down", block.downsamplers, None, None))
     return layers
 
 
 def _modules():
     import torch
 
+    from .wrappers import text_per_frame
+
     class _Base(torch.nn.Module):
-        def __init__(self, unet, xl: bool):
+        """``variant``: "sd" (UNet2DConditionModel), "xl" (with text_embeds / time_ids) or "motion"
+        (UNetMotionModel: sample [B, C, F, h, w], the layers see B * F images)."""
+
+        def __init__(self, unet, variant: str):
             super().__init__()
-            self.unet, self.xl = unet, xl
+            self.unet, self.variant = unet, variant
 
         def cast_in(self, x):
             dtype = next(self.unet.parameters()).dtype
-            return x.to(dtype) if x.is_floating_point() else x
+            return x.to(dtype) if x is not None and x.is_floating_point() else x
 
-        def embed(self, sample, timestep, ehs, text_embeds=None, time_ids=None):
+        def prepare(self, inputs):
+            """Graph inputs -> (conv_in input [N, C, h, w], time embedding [N, D], text states or None,
+            frames or None, the remaining inputs)."""
             u = self.unet
+            n_cond = 5 if self.variant == "xl" else 3
+            sample, timestep, ehs = (self.cast_in(x) for x in inputs[:3])
+            rest = inputs[n_cond:]
+            if self.variant == "motion":
+                b, c, f = sample.shape[:3]
+                emb = u.time_embedding(u.time_proj(timestep.expand(b)).to(dtype=u.dtype), None)
+                emb = emb.repeat_interleave(f, dim=0)
+                x = sample.permute(0, 2, 1, 3, 4).reshape((b * f, c) + sample.shape[3:])
+                return x, emb, None if ehs is None else text_per_frame(ehs, f), f, rest
+            cond = {}
+            if self.variant == "xl":
+                cond = {"text_embeds": self.cast_in(inputs[3]), "time_ids": self.cast_in(inputs[4])}
             emb = u.time_embedding(u.get_time_embed(sample=sample, timestep=timestep), None)
-            cond = {"text_embeds": text_embeds, "time_ids": time_ids} if self.xl else {}
             aug = u.get_aug_embed(emb=emb, encoder_hidden_states=ehs, added_cond_kwargs=cond)
             emb = emb + aug if aug is not None else emb
             if u.time_embed_act is not None:
                 emb = u.time_embed_act(emb)
-            return emb, u.process_encoder_hidden_states(encoder_hidden_states=ehs, added_cond_kwargs=cond)
+            ehs = u.process_encoder_hidden_states(encoder_hidden_states=ehs, added_cond_kwargs=cond)
+            return sample, emb, ehs, None, rest
 
         @staticmethod
-        def run_down_layer(layer, h, emb, ehs):
-            kind, mod, attn = layer
+        def _layer(h, resnet, attn, motion, emb, ehs, f):
+            h = resnet(h, emb)
+            if attn is not None:
+                h = attn(h, encoder_hidden_states=ehs, return_dict=False)[0]
+            if motion is not None:
+                h = motion(h, num_frames=f)
+            return h
+
+        def run_down_layer(self, layer, h, emb, ehs, f):
+            kind, mod, attn, motion = layer
             if kind == "down":
                 for d in mod:
                     h = d(h)
                 return h
-            h = mod(h, emb)
-            if attn is not None:
-                h = attn(h, encoder_hidden_states=ehs, return_dict=False)[0]
-            return h
+            return self._layer(h, mod, attn, motion, emb, ehs, f)
 
-        @staticmethod
-        def run_up_layer(block, j, h, res, emb, ehs):
-            h = torch.cat([h, res], dim=1)
-            h = block.resnets[j](h, emb)
+        def run_up_layer(self, block, j, h, res, emb, ehs, f):
             attns = getattr(block, "attentions", None)
-            if attns:
-                h = attns[j](h, encoder_hidden_states=ehs, return_dict=False)[0]
-            return h
+            motions = getattr(block, "motion_modules", None)
+            return self._layer(torch.cat([h, res], dim=1), block.resnets[j], attns[j] if attns else None,
+                               motions[j] if motions else None, emb, ehs, f)
+
+        def run_mid(self, h, emb, ehs, f):
+            mid = self.unet.mid_block
+            if mid is None:
+                return h
+            if hasattr(mid, "motion_modules"):
+                return mid(h, emb, encoder_hidden_states=ehs, num_frames=f)
+            if getattr(mid, "has_cross_attention", False):
+                return mid(h, emb, encoder_hidden_states=ehs)
+            return mid(h, emb)
 
         def first_up_layer(self, block, layer_id: int) -> int:
             """Index of the first resnet the helper recomputes in the branch's up block."""
             return max(0, len(block.resnets) - 1 - layer_id)
 
-        def finish(self, h):
+        def finish(self, h, f):
             u = self.unet
             if u.conv_norm_out:
                 h = u.conv_act(u.conv_norm_out(h))
-            return u.conv_out(h).float()
-
-        def args(self, inputs):
-            if self.xl:
-                sample, timestep, ehs, text_embeds, time_ids = inputs[:5]
-                rest = inputs[5:]
-                cond = (self.cast_in(text_embeds), self.cast_in(time_ids))
-            else:
-                sample, timestep, ehs = inputs[:3]
-                rest, cond = inputs[3:], ()
-            return self.cast_in(sample), timestep, None if ehs is None else self.cast_in(ehs), cond, rest
+            h = u.conv_out(h)
+            if f is not None:  # [B * F, C, h, w] -> [B, C, F, h, w]
+                h = h[None, :].reshape((-1, f) + h.shape[1:]).permute(0, 2, 1, 3, 4)
+            return h.float()
 
     class Full(_Base):
         """The UNet's forward, also returning the deep feature of each branch."""
 
-        def __init__(self, unet, xl, branches):
-            super().__init__(unet, xl)
+        def __init__(self, unet, variant, branches):
+            super().__init__(unet, variant)
             self.branches = list(branches)
 
         def forward(self, *inputs):
             u = self.unet
-            sample, timestep, ehs, cond, _ = self.args(inputs)
-            emb, ehs = self.embed(sample, timestep, ehs, *cond)
-            h = u.conv_in(sample)
+            x, emb, ehs, f, _ = self.prepare(inputs)
+            h = u.conv_in(x)
             res = [h]
             for block in u.down_blocks:
                 for layer in _down_layers(block):
-                    h = self.run_down_layer(layer, h, emb, ehs)
+                    h = self.run_down_layer(layer, h, emb, ehs, f)
                     res.append(h)
-            if u.mid_block is not None:
-                if getattr(u.mid_block, "has_cross_attention", False):
-                    h = u.mid_block(h, emb, encoder_hidden_states=ehs)
-                else:
-                    h = u.mid_block(h, emb)
+            h = self.run_mid(h, emb, ehs, f)
             n = len(u.up_blocks)
             feats: dict[int, Any] = {}
             for i, block in enumerate(u.up_blocks):
@@ -166,17 +187,17 @@ def _modules():
                     for b in self.branches:
                         if b // 3 == k and j == self.first_up_layer(block, b % 3):
                             feats[b] = h
-                    h = self.run_up_layer(block, j, h, res.pop(), emb, ehs)
+                    h = self.run_up_layer(block, j, h, res.pop(), emb, ehs, f)
                 if block.upsamplers is not None:
                     for up in block.upsamplers:
                         h = up(h, None)
-            return (self.finish(h),) + tuple(feats[b].float() for b in self.branches)
+            return (self.finish(h, f),) + tuple(feats[b].float() for b in self.branches)
 
     class Shallow(_Base):
         """A cached step of DeepCacheSDHelper: the layers around the branch over the given deep feature."""
 
-        def __init__(self, unet, xl, branch):
-            super().__init__(unet, xl)
+        def __init__(self, unet, variant, branch):
+            super().__init__(unet, variant)
             self.block_id, self.layer_id = branch // 3, branch % 3
             k, n = self.block_id, len(unet.up_blocks)
             down = [layer[2] is not None for bi, block in enumerate(unet.down_blocks)
@@ -189,16 +210,15 @@ def _modules():
             u = self.unet
             if not self.uses_text:
                 inputs = inputs[:2] + (None,) + inputs[2:]
-            sample, timestep, ehs, cond, (feature,) = self.args(inputs)
-            emb, ehs = self.embed(sample, timestep, ehs, *cond)
-            h = u.conv_in(sample)
+            x, emb, ehs, f, (feature,) = self.prepare(inputs)
+            h = u.conv_in(x)
             res: list = [h]
             for bi, block in enumerate(u.down_blocks):
                 for li, layer in enumerate(_down_layers(block)):
                     # the helper skips down layers from (block_id, layer_id) on; their outputs feed only
                     # skipped up layers, so they stay None here
                     fresh = bi < self.block_id or (bi == self.block_id and li < self.layer_id)
-                    h = self.run_down_layer(layer, h, emb, ehs) if fresh else None
+                    h = self.run_down_layer(layer, h, emb, ehs, f) if fresh else None
                     res.append(h)
             h = self.cast_in(feature)
             n = len(u.up_blocks)
@@ -209,11 +229,11 @@ def _modules():
                     r = res.pop()
                     if k > self.block_id or j < first:
                         continue
-                    h = self.run_up_layer(block, j, h, r, emb, ehs)
+                    h = self.run_up_layer(block, j, h, r, emb, ehs, f)
                 if k <= self.block_id and block.upsamplers is not None:
                     for up in block.upsamplers:
                         h = up(h, None)
-            return self.finish(h)
+            return self.finish(h, f)
 
     return Full, Shallow
 
@@ -230,12 +250,13 @@ def deepcache_components(unet_spec: ComponentSpec, model, branches: list[int],
         if not 0 <= b < 3 * n:
             raise ExportError(f"--cache deepcache:branch={b}: this UNet has {n} blocks, so branch must be in "
                               f"[0, {3 * n - 1}]")
-    xl = model.config.addition_embed_type == "text_time"
+    variant = ("motion" if hasattr(model.down_blocks[0], "motion_modules")
+               else "xl" if model.config.addition_embed_type == "text_time" else "sd")
     original, make = unet_spec.module, unet_spec.make_inputs
-    full = Full(model, xl, branches)
-    lat = ("batch", "feature_channels", "feature_height", "feature_width")
-    feature_specs = [TensorSpec(f"deep_feature_b{b}", "float32", tuple(f"{d}_b{b}" if d != "batch" else d for d in lat))
-                     for b in branches]
+    full = Full(model, variant, branches)
+    # batch x frames rows for video
+    lat = ("feature_batch", "feature_channels", "feature_height", "feature_width")
+    feature_specs = [TensorSpec(f"deep_feature_b{b}", "float32", tuple(f"{d}_b{b}" for d in lat)) for b in branches]
 
     def full_cases(gen):
         inputs = make(parity_dims, gen)
@@ -248,7 +269,7 @@ def deepcache_components(unet_spec: ComponentSpec, model, branches: list[int],
                            info=unet_spec.info,
                            parity_cases=full_cases)]
     for idx, b in enumerate(branches):
-        shallow = Shallow(model, xl, b)
+        shallow = Shallow(model, variant, b)
         # graphs keep only the inputs they use: without attention among its layers, no text input
         keep = [i for i, t in enumerate(unet_spec.inputs) if shallow.uses_text or t.name != "encoder_hidden_states"]
 

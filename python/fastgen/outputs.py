@@ -87,6 +87,7 @@ class VideoOutput(Output):
 
     frames: Any
     seed: int | None = None
+    cache_stats: dict | None = None  # as ImageOutput.cache_stats
 
 
 @dataclass
