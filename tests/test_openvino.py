@@ -3,7 +3,9 @@ shape (bounded), an on-disk compile cache per precision that a new process reuse
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -60,10 +62,89 @@ def test_bf16_runs_and_differs_from_fp32():
     a, b = fp32("a red cat", **kw).images, bf16("a red cat", **kw).images
     assert np.isfinite(b).all() and 0 < np.abs(a - b).max() < 0.5
     auto = fastgen.Pipeline.load(eng, backend="openvino", precision="auto")
-    from fastgen.backends.openvino import native_bf16
+    from fastgen.backends.openvino import bf16_is_faster
 
-    expected = "bf16" if native_bf16() else "fp32"
+    expected = "bf16" if bf16_is_faster() else "fp32"
     assert auto.session("unet").precision == expected
+
+
+def test_auto_precision_is_measured_once_per_machine(tmp_path, monkeypatch):
+    from fastgen.backends import openvino as ovb
+
+    monkeypatch.setenv("FASTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ovb, "_PROBE", {})
+    if not ovb.native_bf16():
+        assert ovb.bf16_is_faster() is False and not (tmp_path / "openvino" / "probe.json").exists()
+        return
+    times = ovb._probe_times(rounds=2)
+    assert set(times) == {"f32", "bf16"} and all(0 < t < 10 for t in times.values())
+    # the probe follows the measurement: a CPU where bf16 is slower must get fp32
+    monkeypatch.setattr(ovb, "_probe_times", lambda: {"f32": 1.0, "bf16": 1.2})
+    assert ovb.bf16_is_faster() is False and ovb.resolve_precision("auto") == "fp32"
+    saved = json.loads((tmp_path / "openvino" / "probe.json").read_text())
+    assert [v["bf16_faster"] for v in saved.values()] == [False]
+    # a new process reads the answer instead of measuring again
+    monkeypatch.setattr(ovb, "_PROBE", {})
+    monkeypatch.setattr(ovb, "_probe_times", lambda: pytest.fail("probed twice"))
+    assert ovb.bf16_is_faster() is False
+    # and a CPU where bf16 is clearly faster gets bf16
+    (tmp_path / "openvino" / "probe.json").unlink()
+    monkeypatch.setattr(ovb, "_PROBE", {})
+    monkeypatch.setattr(ovb, "_probe_times", lambda: {"f32": 1.0, "bf16": 0.5})
+    assert ovb.resolve_precision("auto") == "bf16" and ovb.float_hint("int8") == "bf16"
+
+
+def _ir_dirs(root):
+    ir = root / "openvino" / "ir"
+    return sorted(p.name for p in ir.iterdir()) if ir.exists() else []
+
+
+def test_converted_model_cache(tmp_path, monkeypatch):
+    from fastgen.backends.openvino import OvSession, ir_cache_path
+
+    monkeypatch.setenv("FASTGEN_CACHE_DIR", str(tmp_path))
+    onnx_path = os.path.join(tiny_engine("sd")[1], "unet", "model.onnx")
+    feeds = {"sample": np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32),
+             "timestep": np.array([10.0, 10.0], np.float32),
+             "encoder_hidden_states": np.random.default_rng(1).standard_normal((2, 77, 32)).astype(np.float32)}
+    first = OvSession("unet", onnx_path)
+    want = first.run(feeds)
+    ir = ir_cache_path(onnx_path)
+    assert first.source == ir and os.path.isfile(ir) and os.path.isfile(ir[:-4] + ".bin")
+    assert len(_ir_dirs(tmp_path)) == 1  # no temporary folder left behind
+    again = OvSession("unet", onnx_path)
+    assert again.source == ir
+    for k, v in again.run(feeds).items():
+        np.testing.assert_array_equal(v, want[k])
+    # the graph read from the IR is dropped after a compile and read again for the next shape
+    assert again._model is None
+    other = dict(feeds, sample=feeds["sample"][:, :, :6])
+    assert again.run(other)["noise_pred"].shape == (2, 4, 6, 8) and again.compiles == 2
+    # the cache folder cleaned under a live session: the ONNX file is converted again
+    shutil.rmtree(tmp_path / "openvino" / "ir")
+    assert again.run(dict(feeds, sample=feeds["sample"][:, :, :4]))["noise_pred"].shape == (2, 4, 4, 8)
+    # a damaged entry is dropped and converted again, never trusted
+    with open(ir, "w") as f:
+        f.write("<net")
+    healed = OvSession("unet", onnx_path)
+    assert healed.source == ir and os.path.getsize(ir) > 100
+    for k, v in healed.run(feeds).items():
+        np.testing.assert_array_equal(v, want[k])
+    # turned off: the ONNX file is read, nothing new is written
+    monkeypatch.setenv("FASTGEN_OPENVINO_IR_CACHE", "0")
+    assert OvSession("unet", onnx_path).source == onnx_path and len(_ir_dirs(tmp_path)) == 1
+
+
+def test_converted_model_cache_follows_the_file(tmp_path, monkeypatch):
+    from fastgen.backends.openvino import ir_cache_path
+
+    monkeypatch.setenv("FASTGEN_CACHE_DIR", str(tmp_path))
+    src = os.path.join(tiny_engine("sd")[1], "unet", "model.onnx")
+    path = str(tmp_path / "model.onnx")
+    shutil.copy(src, path)
+    key = ir_cache_path(path)
+    os.utime(path, ns=(1, 1))  # re-exported in place: a new modification time is a new key
+    assert ir_cache_path(path) != key
 
 
 def test_one_compile_per_shape_bounded_lru():
@@ -122,7 +203,7 @@ def test_compile_cache_is_reused_by_a_new_process(tmp_path):
                            timeout=300)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == want, (prec, r.stdout)
-    assert sorted(os.listdir(tmp_path / "openvino")) == ["bf16", "fp32"]
+    assert sorted(os.listdir(tmp_path / "openvino")) == ["bf16", "fp32", "ir"]
 
 
 @pytest.mark.parametrize("kwargs,text", [

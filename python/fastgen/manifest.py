@@ -64,6 +64,7 @@ class Manifest:
     tokenizers: dict[str, TokenizerSpec]
     scheduler_config: dict | None
     config: dict
+    identity: tuple = ()  # (st_dev, st_ino, st_size, st_mtime_ns) of the fastgen.json that was read
 
     def component(self, name: str) -> ComponentSpec:
         try:
@@ -388,9 +389,11 @@ def validate_manifest_data(data: Any) -> dict:
 
 # ----------------------------------------------------------------------------------------- reading
 
-def _read_manifest_bytes(root: str) -> bytes:
+def _read_manifest_bytes(root: str) -> tuple[bytes, tuple]:
     """fastgen.json's bytes: a regular file inside ``root`` (a symlink is followed only when its target
-    stays inside the engine directory), at most MAX_MANIFEST_BYTES."""
+    stays inside the engine directory), at most MAX_MANIFEST_BYTES; and the identity of the file read
+    (device, inode, size, mtime from fstat of the open file, so a manifest replaced meanwhile is not mistaken
+    for the one read)."""
     mpath = os.path.join(root, MANIFEST_NAME)
     if not os.path.lexists(mpath):
         raise ManifestError(f"{root} is not a fastgen engine directory: no {MANIFEST_NAME} "
@@ -408,6 +411,7 @@ def _read_manifest_bytes(root: str) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ManifestError(f"{mpath} must be a regular file")
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with os.fdopen(fd, "rb") as f:
             fd = -1
             raw = f.read(MAX_MANIFEST_BYTES + 1)  # never more, even if the file grows meanwhile
@@ -418,7 +422,7 @@ def _read_manifest_bytes(root: str) -> bytes:
             os.close(fd)
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{mpath} is over {MAX_MANIFEST_BYTES} bytes, the most a manifest may have")
-    return raw
+    return raw, identity
 
 
 def load_manifest(engine_dir: str | os.PathLike) -> Manifest:
@@ -428,7 +432,7 @@ def load_manifest(engine_dir: str | os.PathLike) -> Manifest:
     if not os.path.isdir(root):
         raise ManifestError(f"engine directory not found: {root}")
     mpath = os.path.join(root, MANIFEST_NAME)
-    raw = _read_manifest_bytes(root)
+    raw, identity = _read_manifest_bytes(root)
     try:
         doc = S.load_json_bytes(raw)
     except ValueError as e:
@@ -468,4 +472,5 @@ def load_manifest(engine_dir: str | os.PathLike) -> Manifest:
         except ConfigError as e:
             raise ManifestError(f"{rel}: {e}") from e
     return Manifest(root=os.path.realpath(root), data=data, kind=data["kind"], family=data.get("family"),
-                    components=components, tokenizers=toks, scheduler_config=sched, config=data["config"])
+                    components=components, tokenizers=toks, scheduler_config=sched, config=data["config"],
+                    identity=identity)

@@ -25,7 +25,7 @@ from .._args import check_int, check_keywords
 from ..backends import BACKENDS, check_precision, check_variant, open_session
 from ..backends.base import Session
 from ..errors import FastgenError, InvalidArgumentError, ManifestError
-from ..manifest import MANIFEST_NAME, Manifest, load_manifest
+from ..manifest import Manifest, load_manifest
 
 DEVICES = ("cpu", "cuda")
 
@@ -94,16 +94,17 @@ _COMPONENTS: "weakref.WeakValueDictionary[tuple, Components]" = weakref.WeakValu
 _COMPONENTS_LOCK = threading.Lock()
 
 
-def _engine_identity(root: str) -> tuple:
-    st = os.stat(os.path.join(root, MANIFEST_NAME))
-    return (root, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def _engine_identity(manifest: Manifest) -> tuple:
+    """The engine's cache key: the identity of the manifest file load_manifest read (not a second stat,
+    which could see a manifest replaced in between)."""
+    return (manifest.root, *manifest.identity)
 
 
 def shared_components(manifest: Manifest, backend: str, device: str, providers, session_options,
                       precision: str = "fp32", threads: int | None = None) -> Components:
     if session_options is not None:  # options objects are not comparable: never shared
         return Components(manifest, backend, device, providers, session_options, precision, threads)
-    key = (_engine_identity(manifest.root), backend, device, tuple(map(str, providers or ())), precision, threads)
+    key = (_engine_identity(manifest), backend, device, tuple(map(str, providers or ())), precision, threads)
     with _COMPONENTS_LOCK:
         c = _COMPONENTS.get(key)
         if c is None:
