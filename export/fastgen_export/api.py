@@ -61,7 +61,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
             leaves it out; such an engine raises UnsupportedError for ``long_video="fifo"``. Other
             sources have no such component and ignore it.
         cache: step-cache graphs to add (``fastgen export --cache``): a spec or a list of specs,
-            "deepcache" / "deepcache:branch=N" (SD / SDXL UNets: the deep-feature outputs and one shallow
+            "deepcache" / "deepcache:branch=N" (SD / SDXL / AnimateDiff UNets: the deep-feature outputs and one shallow
             UNet per branch), "first_block" (SD3: the transformer split for First-Block Cache). None: none (engines then run without ``cache=``).
         log: progress sink (default: stderr); None silences it.
     Returns:
@@ -103,7 +103,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     if "cache" in cls.EXTRA_OPTIONS:
         extra["cache"] = cache
     elif cache:
-        raise ExportError(f"--cache applies to image engines (SD, SDXL, SD3), not {index['_class_name']}")
+        raise ExportError(f"--cache applies to SD, SDXL, SD3 and AnimateDiff engines, not {index['_class_name']}")
     return cls(plan, source_id=source_id, **options, **extra).export(out, overwrite=overwrite)
 
 

@@ -34,7 +34,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                         "`fastgen generate --long-video fifo` needs (default: exported; --no-fifo-unet leaves "
                         "it out and halves the UNet's disk size)")
     p.add_argument("--cache", action="append", default=None, metavar="KIND[:branch=N]",
-                   help="add step-cache graphs (repeatable): deepcache[:branch=N] (SD / SDXL UNets; branch 0 by "
+                   help="add step-cache graphs (repeatable): deepcache[:branch=N] (SD / SDXL / AnimateDiff UNets; branch 0 by "
                         "default), first_block (SD3); then `fastgen generate --cache ...` can use them")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 

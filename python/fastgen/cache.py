@@ -5,7 +5,7 @@ separates options too), a dict
 ``{"kind": KIND, key: value, ...}``, or a :class:`CacheSpec`; ``None`` (the default) is off. Kinds:
 
 =============  =====================================================================================
-deepcache      UNets (SD 1.x/2.x, SDXL, AnimateDiff). ``interval`` (3): a full UNet every interval-th
+deepcache      UNets (SD 1.x/2.x, SDXL, AnimateDiff: one context window). ``interval`` (3): a full UNet every interval-th
                step, the cached steps run only the shallow layers around ``branch`` (0) and reuse the
                deep feature of the last full step; ``uniform`` (true) or the paper's non-uniform
                spacing (``uniform=false``, ``pow`` 1.4, ``center`` 15). Engines need
