@@ -63,11 +63,39 @@ def run(out: str, cache: str, repeat: int, steps_list=(20, 50), size: int = 128,
                          "seconds_median": t, "seconds": times[c], "speedup": base / t,
                          "full_calls": steps if c[1] is None else stats[c]["full_calls"], "network_calls": steps,
                          "psnr_vs_off": None if c == ref else psnr(images[c], images[ref])})
-    payload = {"model": model["description"], "size": size, "scheduler": "DDIM", "guidance_scale": 7.5,
+    payload = {"model": model["description"], "size": size, "call_seconds": call_costs(pipes[backends[0]], size), "scheduler": "DDIM", "guidance_scale": 7.5,
                "repeat": repeat, "load_avg": os.getloadavg(), "rows": rows}
     path = write_json(out, "step_cache", payload)
     plot(rows, os.path.join(out, "step_cache.png"))
     return {"json": path, "rows": rows}
+
+
+def call_costs(pipe, size: int, repeat: int = 7) -> dict:
+    """Minimum seconds of one full UNet call (with the deep feature) and one shallow call, CFG batch of 2."""
+    from fastgen.pipelines.step_cache import DEEP_FEATURE_INPUT
+
+    rec = pipe.manifest.config["step_cache"]["deepcache"]["branches"]["0"]
+    full, shallow = pipe.session("unet"), pipe.session(rec["component"])
+    lat = size // pipe.vae_scale_factor
+    rng = np.random.default_rng(0)
+    feeds = {"sample": rng.standard_normal((2, 4, lat, lat), dtype=np.float32),
+             "timestep": np.full((2,), 500.0, np.float32),
+             "encoder_hidden_states": rng.standard_normal((2, 77, 192), dtype=np.float32)}
+    feature = full.run(feeds, ["noise_pred", rec["feature"]])[rec["feature"]]
+    sfeeds = {k: v for k, v in feeds.items() if k in set(shallow.input_names)}
+    sfeeds[DEEP_FEATURE_INPUT] = feature
+
+    def best(fn):
+        ts = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    f = best(lambda: full.run(feeds, ["noise_pred", rec["feature"]]))
+    sh = best(lambda: shallow.run(sfeeds, ["noise_pred"]))
+    return {"full": f, "shallow_branch0": sh, "ratio": f / sh}
 
 
 def plot(rows: list[dict], path: str) -> None:
