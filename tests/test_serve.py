@@ -246,6 +246,8 @@ def test_batching_off_and_max_batch_respected(eng, pipe):
     ({"prompt": "x", "mask": "AAAA"}, 400, "needs 'image'"),
     ({"prompt": "x", "response_format": "url"}, 400, "b64_json"),
     ({"prompt": "x", "colour": 1}, 400, "unknown field"),
+    ({"prompt": "x", "cache": "deepcache:interval=0"}, 400, "interval must be in [1, 1000]"),
+    ({"prompt": "x", "cache": "deepcache"}, 400, "--cache deepcache"),  # engine exported without it
     ({"prompt": "x", "model": "nope"}, 404, "unknown model"),
     ({"prompt": "x", "model": 5}, 400, "'model' must be a string"),
 ])

@@ -469,13 +469,16 @@ class Service:
             raise bad(str(e)) from None
         p = {"request": req, "preview": preview, "total_steps": total, "n": n, "seed": req.seed, "mode": req.mode}
         key = None
-        if req.mode != "inpaint" and not stochastic and self.batching:
+        # First-Block Cache decides from the whole batch's residual: such requests are never merged
+        fbc = req.cache is not None and req.cache.kind == "first_block"
+        if req.mode != "inpaint" and not stochastic and self.batching and not fbc:
             # one network call per batch: every setting that is not per-row must be equal (img2img: the
-            # strength too; inpainting is never merged: given latents take another path than a seed there)
+            # strength too; inpainting is never merged: given latents take another path than a seed there;
+            # the step cache setting too)
             cfg = pipe.uses_cfg(req.guidance_scale)
             key = (req.mode, req.height, req.width, req.num_inference_steps, str(req.scheduler), cfg,
                    req.guidance_scale if cfg else None, req.guidance_rescale, req.eta, req.negative_prompts is None,
-                   req.strength if req.mode == "img2img" else None)
+                   req.strength if req.mode == "img2img" else None, req.cache)
         return Work(engine=eng.name, key=key, params=p, size=n), opts
 
     def parse_caption(self, body: Any) -> tuple[Work, dict]:
