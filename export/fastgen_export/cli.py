@@ -61,6 +61,9 @@ def add_build_trt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max", dest="max_shape", default=None, metavar="BxHxW",
                    help="largest shape (default 4 x 1.5 times the default size)")
     p.add_argument("--no-fp16", dest="fp16", action="store_false", help="build fp32 plans")
+    p.add_argument("--precision", dest="precisions", action="append", default=[], metavar="NAME=PREC",
+                   help="precision of one component's plan: fp32, fp16 or bf16 (repeatable; default fp16, the "
+                        "VAEs fp32; TensorRT 11 takes the precision from the ONNX export)")
     p.add_argument("--no-cfg", dest="cfg", action="store_false",
                    help="do not double the text encoder / denoiser batch for classifier-free guidance")
     p.add_argument("--timing-cache", default=None, metavar="PATH", help="TensorRT timing cache file (read + updated)")
@@ -70,10 +73,18 @@ def add_build_trt_arguments(p: argparse.ArgumentParser) -> None:
 def run_build_trt(args: argparse.Namespace) -> int:
     from .trt import build_trt
 
+    from fastgen.errors import ExportError
+
     workspace = int(args.workspace * 1024**3) if args.workspace else None
+    precisions = {}
+    for item in args.precisions:
+        name, sep, prec = item.partition("=")
+        if not sep or not name or not prec:
+            raise ExportError(f"--precision takes NAME=PREC (e.g. vae_decoder=fp16), got {item!r}")
+        precisions[name.strip()] = prec.strip()
     build_trt(args.engine_dir, args.components, min_shapes=args.min_shape, opt_shapes=args.opt_shape,
               max_shapes=args.max_shape, fp16=args.fp16, timing_cache=args.timing_cache, workspace=workspace,
-              cfg=args.cfg, log=_log("fastgen build-trt"))
+              cfg=args.cfg, precisions=precisions, log=_log("fastgen build-trt"))
     return 0
 
 

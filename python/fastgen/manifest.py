@@ -172,6 +172,8 @@ TENSORRT = S.Obj({
         "profile": S.Map(S.Obj({"min": _DIMS, "opt": _DIMS, "max": _DIMS}, rules=(_profile_rule,)),
                          nullable=True),
         "fp16": S.Bool(),
+        "precision": S.Str(("fp32", "fp16", "bf16"), nullable=True),  # what the plan computes in
+        "strongly_typed": S.Bool(nullable=True),  # TensorRT 11 (precision from the ONNX) vs 10's FP16 flag
         "built": _opt_str(max_len=64),
         "device": _opt_str(max_len=256),
     }), max_items=64, nullable=True),

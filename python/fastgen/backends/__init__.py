@@ -24,9 +24,11 @@ def check_precision(backend: str, precision: str, device: str = "cpu") -> str:
 
 
 def open_session(manifest: Manifest, component: str, *, backend: str = "onnxruntime", device: str = "cpu",
-                 providers=None, session_options=None, precision: str = "fp32", threads: int | None = None) -> Session:
+                 providers=None, session_options=None, precision: str = "fp32", threads: int | None = None,
+                 cpu_fallback: bool = False) -> Session:
     """Load one component of an engine with the chosen backend. With precision "int8" a component runs
-    from the engine's int8 variant when the variant has it, else at fp32."""
+    from the engine's int8 variant when the variant has it, else at fp32. ``cpu_fallback``: with
+    device="cuda", warn and run on the CPU when ONNX Runtime's CUDA provider did not load (default: raise)."""
     spec = manifest.component(component)
     path = spec.path
     name = variant_name(backend, precision)
@@ -43,7 +45,8 @@ def open_session(manifest: Manifest, component: str, *, backend: str = "onnxrunt
     if backend == "onnxruntime":
         from .onnxruntime import OrtSession
 
-        return OrtSession(component, path, device=device, providers=providers, session_options=session_options)
+        return OrtSession(component, path, device=device, providers=providers, session_options=session_options,
+                          cpu_fallback=cpu_fallback)
     if backend == "tensorrt":
         plans = manifest.tensorrt.get("plans", {})
         plan = plans.get(component)
@@ -52,7 +55,7 @@ def open_session(manifest: Manifest, component: str, *, backend: str = "onnxrunt
             from .onnxruntime import OrtSession
 
             return OrtSession(component, spec.path, device="cuda" if device == "cuda" else "cpu",
-                              providers=providers, session_options=session_options)
+                              providers=providers, session_options=session_options, cpu_fallback=cpu_fallback)
         if not isinstance(plan, dict):
             raise ManifestError(f"tensorrt plan record of {component!r} must be an object")
         from .tensorrt import TrtSession

@@ -71,16 +71,8 @@ def _step_callback(bar):
     return cb
 
 
-def _png_info(info: dict):
-    from PIL import PngImagePlugin
-
-    meta = PngImagePlugin.PngInfo()
-    for k, v in info.items():
-        meta.add_text(f"fastgen:{k}" if k != "prompt" else "prompt", str(v))
-    return meta
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..image import generation_info, png_info
     from ..pipelines import Pipeline
     from ..video_io import ensure_parent
 
@@ -115,11 +107,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    meta = _png_info({"prompt": prompt, "negative_prompt": args.negative or "", "seed": out.seed,
-                      "steps": req.num_inference_steps, "guidance_scale": req.guidance_scale,
-                      "scheduler": args.scheduler or pipe.scheduler_config.get("_class_name", ""),
-                      "engine": os.path.basename(pipe.engine_dir), "generator": "fastgen",
-                      "cache": "off" if req.cache is None else req.cache.describe()})
+    meta = png_info(generation_info(pipe, req, out.seed))
     for im, path in zip(out.images, paths):
         try:
             im.save(path, pnginfo=meta)

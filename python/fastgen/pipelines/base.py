@@ -65,8 +65,9 @@ class Components:
     """The engine's sessions (opened lazily, thread-safe) and manifest, shared by pipelines."""
 
     def __init__(self, manifest: Manifest, backend: str, device: str, providers, session_options,
-                 precision: str = "fp32", threads: int | None = None):
+                 precision: str = "fp32", threads: int | None = None, cpu_fallback: bool = False):
         self.manifest = manifest
+        self.cpu_fallback = cpu_fallback
         self.backend, self.device, self.precision, self.threads = backend, device, precision, threads
         self._providers, self._session_options = providers, session_options
         self._sessions: dict[str, Session] = {}
@@ -81,7 +82,7 @@ class Components:
             if s is None:
                 s = open_session(self.manifest, name, backend=self.backend, device=self.device,
                                  providers=self._providers, session_options=self._session_options,
-                                 precision=self.precision, threads=self.threads)
+                                 precision=self.precision, threads=self.threads, cpu_fallback=self.cpu_fallback)
                 self._sessions[name] = s
         return s
 
@@ -101,14 +102,15 @@ def _engine_identity(manifest: Manifest) -> tuple:
 
 
 def shared_components(manifest: Manifest, backend: str, device: str, providers, session_options,
-                      precision: str = "fp32", threads: int | None = None) -> Components:
+                      precision: str = "fp32", threads: int | None = None, cpu_fallback: bool = False) -> Components:
     if session_options is not None:  # options objects are not comparable: never shared
-        return Components(manifest, backend, device, providers, session_options, precision, threads)
-    key = (_engine_identity(manifest), backend, device, tuple(map(str, providers or ())), precision, threads)
+        return Components(manifest, backend, device, providers, session_options, precision, threads, cpu_fallback)
+    key = (_engine_identity(manifest), backend, device, tuple(map(str, providers or ())), precision, threads,
+           cpu_fallback)
     with _COMPONENTS_LOCK:
         c = _COMPONENTS.get(key)
         if c is None:
-            c = Components(manifest, backend, device, providers, None, precision, threads)
+            c = Components(manifest, backend, device, providers, None, precision, threads, cpu_fallback)
             _COMPONENTS[key] = c
         return c
 
@@ -126,14 +128,16 @@ class Pipeline(ABC):
 
     @staticmethod
     def load(engine_dir: str | os.PathLike, backend: str = "onnxruntime", device: str = "cpu", providers=None,
-             session_options=None, precision: str = "fp32", threads: int | None = None) -> "Pipeline":
+             session_options=None, precision: str = "fp32", threads: int | None = None,
+             cpu_fallback: bool = False) -> "Pipeline":
         """Open an engine directory and return the pipeline its manifest asks for.
 
         ``precision``: "fp32" (the exact path, the default); with ``backend="openvino"`` also "bf16" or
         "auto" (bf16 where the CPU has native bf16); "int8" (openvino or onnxruntime) runs the engine's int8
         variant, made by ``fastgen optimize ENGINE --int8``. ``threads``: the most threads one network call uses
-        (openvino; default all cores). Components load lazily on first use and are shared with other
-        pipelines of the same engine and settings.
+        (openvino; default all cores). ``cpu_fallback``: with device="cuda", warn and run on the CPU when
+        ONNX Runtime's CUDA provider did not load (default: BackendError naming the cause). Components load
+        lazily on first use and are shared with other pipelines of the same engine and settings.
         """
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -145,10 +149,13 @@ class Pipeline(ABC):
         check_precision(backend, precision, device)
         if threads is not None:
             threads = check_int("threads", threads, 1, 1024)
+        if not isinstance(cpu_fallback, bool):
+            raise InvalidArgumentError(f"cpu_fallback must be a bool, got {type(cpu_fallback).__name__}")
         manifest = load_manifest(resolve_engine_dir(engine_dir))
         check_variant(manifest, backend, precision)  # precision="int8": the engine's int8 variant, checked
         cls = pipeline_class(manifest)
-        return cls(shared_components(manifest, backend, device, providers, session_options, precision, threads))
+        return cls(shared_components(manifest, backend, device, providers, session_options, precision, threads,
+                                     cpu_fallback))
 
     def __init__(self, components: Components):
         if not isinstance(components, Components):
