@@ -259,6 +259,8 @@ def test_batching_off_and_max_batch_respected(eng, pipe):
     ({"prompt": "x", "output_format": "gif"}, 400, "'output_format': Input should be 'png', 'jpeg' or 'webp'"),
     ({"prompt": "x", "output_format": "png", "output_compression": 50}, 400, "applies to jpeg / webp"),
     ({"prompt": "x", "colour": 1}, 400, "unknown field 'colour'"),
+    ({"prompt": "x", "cache": "deepcache:interval=0"}, 400, "interval must be in [1, 1000]"),
+    ({"prompt": "x", "cache": "deepcache"}, 400, "--cache deepcache"),  # engine exported without it
     ({"prompt": "x", "model": "nope"}, 404, "unknown model"),
     ({"prompt": "x", "model": 5}, 400, "'model': Input should be a valid string"),
 ])

@@ -135,11 +135,13 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
 
 def generation_info(pipe, req, seed: int) -> dict:
     """What made an image (the PNG text chunks of `fastgen generate` and `fastgen serve` alike): the
-    request's first prompt and negative prompt, seed, steps, guidance, scheduler and engine."""
+    request's first prompt and negative prompt, seed, steps, guidance, scheduler, engine and step cache."""
+    cache = getattr(req, "cache", None)
     return {"prompt": req.prompts[0], "negative_prompt": (req.negative_prompts or ("",))[0], "seed": seed,
             "steps": req.num_inference_steps, "guidance_scale": req.guidance_scale,
             "scheduler": req.scheduler or pipe.scheduler_config.get("_class_name", ""),
-            "engine": os.path.basename(os.path.normpath(str(pipe.engine_dir))), "generator": "fastgen"}
+            "engine": os.path.basename(os.path.normpath(str(pipe.engine_dir))), "generator": "fastgen",
+            "cache": "off" if cache is None else cache.describe()}
 
 
 def png_info(info: dict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, replace
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import numpy as np
 from fastapi import APIRouter, Form, Request, UploadFile
@@ -97,6 +97,8 @@ class GenerateRequest(_Extras):
     response_format: Optional[ResponseFormat] = None
     output_format: Optional[OutputFormat] = None
     output_compression: Optional[int] = None
+    cache: Optional[Union[str, dict]] = Field(None, description="step caching, as the API's cache=: "
+                                              "'deepcache:interval=3', {'kind': 'first_block', ...}; default off")
 
 
 class EditForm(FormBody):
@@ -222,7 +224,7 @@ def image_work(service: Service, b, *, output: Output, image=None, mask=None, pr
     steps = _steps(service, pipe, b.steps, getattr(b, "quality", None))
     extra = {}
     if isinstance(b, GenerateRequest):
-        extra = {"guidance_rescale": b.guidance_rescale or 0.0, "eta": b.eta or 0.0}
+        extra = {"guidance_rescale": b.guidance_rescale or 0.0, "eta": b.eta or 0.0, "cache": b.cache}
     req = validated(pipe.validate, b.prompt if prompt is None else prompt, negative_prompt=b.negative_prompt,
                     num_images_per_prompt=n, height=height, width=width, num_inference_steps=steps,
                     guidance_scale=b.guidance, seed=b.seed, scheduler=b.scheduler, image=image, mask_image=mask,
@@ -232,13 +234,16 @@ def image_work(service: Service, b, *, output: Output, image=None, mask=None, pr
     total = validated(pipe.denoising_steps, req)
     stochastic = validated(pipe.make_scheduler, req.scheduler).is_stochastic(req.eta)
     key = None
-    if req.mode != "inpaint" and not stochastic and service.batching:
+    # First-Block Cache decides from the whole batch's residual: such requests are never merged
+    fbc = req.cache is not None and req.cache.kind == "first_block"
+    if req.mode != "inpaint" and not stochastic and service.batching and not fbc:
         # one network call per batch: every setting that is not per-row must be equal (img2img: the
-        # strength too; inpainting is never merged: given latents take another path than a seed there)
+        # strength too; inpainting is never merged: given latents take another path than a seed there;
+        # the step-cache setting too)
         cfg = pipe.uses_cfg(req.guidance_scale)
         key = (req.mode, req.height, req.width, req.num_inference_steps, str(req.scheduler), cfg,
                req.guidance_scale if cfg else None, req.guidance_rescale, req.eta, req.negative_prompts is None,
-               req.strength if req.mode == "img2img" else None)
+               req.strength if req.mode == "img2img" else None, req.cache)
     params = {"request": req, "preview": preview, "total_steps": total, "n": n, "seed": req.seed, "mode": req.mode,
               "output": output, "info": imgproc.generation_info(pipe, req, req.seed)}
     return Work(engine=eng.name, key=key, params=params, size=n)
