@@ -22,15 +22,15 @@ def _build(kind: str, src: str, **overrides) -> None:
         testing.build_tiny_pipeline(kind, src, **overrides)
 
 
-def tiny_engine(kind: str, *, export_options: dict | None = None, **overrides) -> tuple[str, str]:
+def tiny_engine(kind: str, export_options: dict | None = None, **overrides) -> tuple[str, str]:
     """(source folder, engine dir) of a tiny random `kind` model: the image kinds of
     fastgen_export.testing.KINDS, "animatediff", "svd", "vit-gpt2" or "blip". ``export_options``: extra
-    ``fastgen_export.export`` keywords (e.g. ``{"lora_branches": True}``)."""
+    keywords of fastgen_export.api.export (e.g. ``{"cache": "deepcache"}``)."""
     global _ROOT
     from fastgen_export.api import export
 
     export_options = dict(export_options or {})
-    key = (kind, tuple(sorted(overrides.items())), tuple(sorted(export_options.items())))
+    key = (kind, tuple(sorted(overrides.items())), repr(sorted(export_options.items())))
     with _LOCK:
         if key not in _CACHE:
             if _ROOT is None:

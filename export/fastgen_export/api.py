@@ -43,7 +43,7 @@ def exporter_for_pipeline(class_name: str) -> type[DiffusersExporter]:
 
 def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", opset: int = 18,
            overwrite: bool = False, optimize: bool = False, parity: bool = True, tolerance: float | None = None,
-           fifo_unet: bool = True, lora_branches: bool = False, lora=(), controlnet=(),
+           fifo_unet: bool = True, cache: Any = None, lora_branches: bool = False, lora=(), controlnet=(),
            log: Log | None = _stderr) -> str:
     """Export the diffusers pipeline ``src`` (a ``save_pretrained`` folder or a hub id), or a transformers
     captioner folder, to ``out``.
@@ -61,6 +61,9 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
             one timestep per frame that ``long_video="fifo"`` needs (it doubles the UNet on disk). False
             leaves it out; such an engine raises UnsupportedError for ``long_video="fifo"``. Other
             sources have no such component and ignore it.
+        cache: step-cache graphs to add (``fastgen export --cache``): a spec or a list of specs,
+            "deepcache" / "deepcache:branch=N" (SD / SDXL / AnimateDiff UNets: the deep-feature outputs and one shallow
+            UNet per branch), "first_block" (SD3: the transformer split for First-Block Cache). None: none (engines then run without ``cache=``).
         lora_branches: image pipelines only: also export ``<component>_lora`` graphs of the text encoders and
             the denoiser with low-rank side inputs at every Linear / Conv2d, so requests can carry any set of
             LoRAs (``pipe(..., loras={FILE: strength})``) without a re-export (see :mod:`fastgen_export.lora`).
@@ -109,6 +112,10 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     cls = exporter_for_pipeline(index["_class_name"])
     plan = cls.plan_folder(root, index)
     extra = {"fifo_unet": fifo_unet} if "fifo_unet" in cls.EXTRA_OPTIONS else {}
+    if "cache" in cls.EXTRA_OPTIONS:
+        extra["cache"] = cache
+    elif cache:
+        raise ExportError(f"--cache applies to SD, SDXL, SD3 and AnimateDiff engines, not {index['_class_name']}")
     controlnets = [os.fspath(c) for c in (controlnet or ())]
     if lora_branches or fused or controlnets:
         if "lora_branches" not in cls.EXTRA_OPTIONS:

@@ -42,6 +42,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controlnet", action="append", default=[], metavar="DIR",
                    help="image pipelines (SD 1.x / 2.x, SDXL): export this diffusers ControlNetModel folder as "
                         "controlnet_<i> (repeatable), with the UNet taking its residuals")
+    p.add_argument("--cache", action="append", default=None, metavar="KIND[:branch=N]",
+                   help="add step-cache graphs (repeatable): deepcache[:branch=N] (SD / SDXL / AnimateDiff UNets; branch 0 by "
+                        "default), first_block (SD3); then `fastgen generate --cache ...` can use them")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -52,7 +55,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = export(args.src, args.out, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite,
                  optimize=args.optimize, parity=args.parity, tolerance=args.tolerance,
-                 fifo_unet=getattr(args, "fifo_unet", True), lora_branches=getattr(args, "lora_branches", False),
+                 fifo_unet=getattr(args, "fifo_unet", True), cache=getattr(args, "cache", None),
+                 lora_branches=getattr(args, "lora_branches", False),
                  lora=[parse_lora_arg(v) for v in getattr(args, "lora", [])],
                  controlnet=getattr(args, "controlnet", []),
                  log=None if getattr(args, "quiet", False) else _log("fastgen export"))

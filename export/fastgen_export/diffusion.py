@@ -22,6 +22,8 @@ from fastgen.errors import ExportError
 
 from .base import Exporter
 from .sources import check_entries, import_class, model_index_entry, read_json, read_model_index
+from .step_cache import (FIRST_BLOCK_RECORD, deepcache_components, deepcache_record, first_block_components,
+                         parse_export_cache)
 from .spec import ComponentSpec, TensorSpec, TokenizerSpec
 
 __all__ = ["SUPPORTED_PIPELINES", "PipelinePlan", "DiffusersExporter", "ImageExporter", "plan_pipeline",
@@ -456,12 +458,15 @@ class ImageExporter(DiffusersExporter):
         "unet": ("UNet2DConditionModel",), "transformer": ("SD3Transformer2DModel",), "vae": ("AutoencoderKL",),
     }
     PAIRED = (("text_encoder", "tokenizer"), ("text_encoder_3", "tokenizer_3"))
+    EXTRA_OPTIONS = ("cache", "lora_branches", "lora_fuse", "controlnets")
 
-    EXTRA_OPTIONS = ("lora_branches", "lora_fuse", "controlnets")
-
-    def __init__(self, plan: PipelinePlan, *, source_id: str, lora_branches: bool = False, lora_fuse=(),
-                 controlnets=(), **options: Any):
+    def __init__(self, plan: PipelinePlan, *, source_id: str, cache: Any = None, lora_branches: bool = False,
+                 lora_fuse=(), controlnets=(), **options: Any):
         super().__init__(plan, source_id=source_id, **options)
+        #: step-cache kinds to export graphs for: {kind: [deepcache branches]} (export(cache=...))
+        self.cache = parse_export_cache(cache, plan.family)
+        if self.cache and self.dtype != "fp32":
+            raise ExportError("--cache graphs are exported in fp32 only for now (drop --dtype fp16)")
         self.lora_branches, self.lora_fuse = lora_branches, list(lora_fuse)
         self.controlnets = list(controlnets)
 
@@ -481,13 +486,25 @@ class ImageExporter(DiffusersExporter):
         else:
             text_length = self.max_length("tokenizer" if plan.has("tokenizer") else "tokenizer_2")
         pooled = self.info.get("text_encoder_2", {}).get("pooled_size")
-        yield from lora.component_specs(lambda: build_denoiser(plan, text_length=text_length, pooled_size=pooled),
-                                        parity_dims=self.parity_dims, **with_lora)
+        def build_den():
+            return build_denoiser(plan, text_length=text_length, pooled_size=pooled)
+
+        den = build_den()
+        lora.fuse(den.module.model, den.name, self.lora_fuse)
+        if "deepcache" in self.cache:
+            yield from deepcache_components(den, den.module.model, self.cache["deepcache"], self.parity_dims)
+        else:
+            model = den.module.model
+            yield den
+            if "first_block" in self.cache:
+                yield from first_block_components(den, model)
+        if self.lora_branches:
+            yield from lora.branch_specs(build_den, fused=self.lora_fuse, parity_dims=self.parity_dims, record=record)
         lora.record(self.manifest, record, self.lora_fuse, [n for n in self.info if not n.endswith("_lora")])
         if self.controlnets:
             from .controlnet import controlnet_specs
 
-            den = build_denoiser(plan, text_length=text_length, pooled_size=pooled)
+            den = build_den()
             lora.fuse(den.module.model, den.name, self.lora_fuse)
             specs, cn_record = controlnet_specs(self.controlnets, den, family=plan.family,
                                                 dims_export=self.export_dims, dims_parity=self.parity_dims)
@@ -495,7 +512,7 @@ class ImageExporter(DiffusersExporter):
             if self.lora_branches:  # the UNet with ControlNet residuals and LoRA branches
                 from .controlnet import control_unet_spec
 
-                den = build_denoiser(plan, text_length=text_length, pooled_size=pooled)
+                den = build_den()
                 lora.fuse(den.module.model, den.name, self.lora_fuse)
                 shapes = [(r["channels"], r["factor"]) for r in cn_record["residuals"]]
                 yield lora.branch_spec(control_unet_spec(den, shapes, plan.family == "sdxl"), den.module.model,
@@ -508,7 +525,12 @@ class ImageExporter(DiffusersExporter):
 
     def config(self) -> dict[str, Any]:
         assert self.scheduler is not None
-        return pipeline_config(self.plan, self.info, self.manifest["tokenizers"], self.scheduler)
+        cfg = pipeline_config(self.plan, self.info, self.manifest["tokenizers"], self.scheduler)
+        if "deepcache" in self.cache:
+            cfg["step_cache"] = {"deepcache": deepcache_record(self.cache["deepcache"])}
+        if "first_block" in self.cache:
+            cfg["step_cache"] = {"first_block": dict(FIRST_BLOCK_RECORD)}
+        return cfg
 
 
 def plan_pipeline(root: str) -> PipelinePlan:

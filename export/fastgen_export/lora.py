@@ -26,7 +26,7 @@ from fastgen.errors import ExportError, FastgenError
 
 from .spec import ComponentSpec, TensorSpec
 
-__all__ = ["targets", "branch_spec", "component_specs", "fuse", "record", "DEFAULT_MAX_RANK", "EXAMPLE_RANK", "PARITY_RANK",
+__all__ = ["targets", "branch_spec", "branch_specs", "component_specs", "fuse", "record", "DEFAULT_MAX_RANK", "EXAMPLE_RANK", "PARITY_RANK",
            "LoraBranches"]
 
 DEFAULT_MAX_RANK = rt_lora.DEFAULT_MAX_RANK
@@ -151,8 +151,14 @@ def component_specs(build: Callable[[], ComponentSpec], *, fused: list, branches
     spec = build()
     fuse(spec.module.model, spec.name, fused)
     yield spec
-    if not branches:
-        return
+    if branches:
+        yield from branch_specs(build, fused=fused, parity_dims=parity_dims, record=record)
+
+
+def branch_specs(build: Callable[[], ComponentSpec], *, fused: list, parity_dims: dict[str, int],
+                 record: dict) -> Iterator[ComponentSpec]:
+    """The ``<name>_lora`` graph of the component ``build()`` makes (a fresh model, ``fused`` LoRAs fused in),
+    recorded in ``record``."""
     spec = build()
     fuse(spec.module.model, spec.name, fused)
     lspec = branch_spec(spec, spec.module.model, parity_dims)

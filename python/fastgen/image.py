@@ -184,3 +184,26 @@ def canny(image, low_threshold: float = 100, high_threshold: float = 200) -> Ima
         edges = grown | edges
     out = np.where(edges, 255, 0).astype(np.uint8)
     return Image.fromarray(np.stack([out] * 3, axis=-1))
+
+
+def generation_info(pipe, req, seed: int) -> dict:
+    """What made an image (the PNG text chunks of `fastgen generate` and `fastgen serve` alike): the
+    request's first prompt and negative prompt, seed, steps, guidance, scheduler, engine and step cache."""
+    cache = getattr(req, "cache", None)
+    return {"prompt": req.prompts[0], "negative_prompt": (req.negative_prompts or ("",))[0], "seed": seed,
+            "steps": req.num_inference_steps, "guidance_scale": req.guidance_scale,
+            "scheduler": req.scheduler or pipe.scheduler_config.get("_class_name", ""),
+            "engine": os.path.basename(os.path.normpath(str(pipe.engine_dir))), "generator": "fastgen",
+            "cache": "off" if cache is None else cache.describe(),
+            **({"loras": ", ".join(f"{lf.name}:{s:g} (sha256 {lf.sha256[:12]})" for lf, s in req.loras)}
+               if getattr(req, "loras", ()) else {})}
+
+
+def png_info(info: dict):
+    """``generation_info`` as PNG text chunks: ``prompt`` and ``fastgen:<key>`` for the others."""
+    from PIL import PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    for k, v in info.items():
+        meta.add_text(f"fastgen:{k}" if k != "prompt" else "prompt", str(v))
+    return meta

@@ -18,6 +18,7 @@ from .. import image as imgproc
 from .. import lora as loras_mod
 from .._args import (check_bool, check_callable, check_choice, check_float,
                      check_seed, check_array)
+from ..cache import check_cache
 from ..errors import InvalidArgumentError, ManifestError, UnsupportedError
 from ..outputs import ImageOutput, Timer
 from ..requests import ImageRequest
@@ -25,6 +26,7 @@ from ..sampling import randn, sample_loop
 from ..schedulers import Scheduler
 from .base import Components, Pipeline
 from .control import ControlNets
+from .step_cache import make_runner
 from .stages import (ImageGeometry, check_prompt_batch, check_steps_guidance, SD3PromptEncoder, SDPromptEncoder, SDXLPromptEncoder, Schedulers,
                      TextEncoders, Vae, tile_rows)
 
@@ -89,9 +91,9 @@ class ImagePipeline(Pipeline):
     def validate(self, prompt=None, *, negative_prompt=None, num_inference_steps=None, guidance_scale=None,
                  height=None, width=None, num_images_per_prompt=1, seed=None, latents=None, scheduler=None,
                  guidance_rescale=0.0, output_type="pil", callback=None, eta=0.0, image=None, mask_image=None,
-                 strength=None, vae_tiling=False, loras=None, control_image=None, controlnet_conditioning_scale=None,
-                 control_guidance_start=None, control_guidance_end=None, guess_mode=False,
-                 **family_kwargs) -> ImageRequest:
+                 strength=None, vae_tiling=False, cache=None, loras=None, control_image=None,
+                 controlnet_conditioning_scale=None, control_guidance_start=None, control_guidance_end=None,
+                 guess_mode=False, **family_kwargs) -> ImageRequest:
         """Check a call's arguments against this engine and return the complete request."""
         self.refuse_unknown(family_kwargs, self.prompt_encoder.keywords)
         extra = {k: self.prompt_encoder.keywords[k](k, v) for k, v in family_kwargs.items() if v is not None}
@@ -132,16 +134,17 @@ class ImagePipeline(Pipeline):
             eta=check_float("eta", eta, 0.0), output_type=check_choice("output_type", output_type, OUTPUT_TYPES),
             callback=check_callable("callback", callback, "callback(step, timestep, latents) -> bool | None"),
             images=images, masks=masks, strength=strength, extra=extra,
-            vae_tiling=check_bool("vae_tiling", vae_tiling), loras=self._check_loras(loras),
+            vae_tiling=check_bool("vae_tiling", vae_tiling), cache=check_cache(cache, self.manifest),
+            loras=self._check_loras(loras),
             control=self.controlnets.check(control_image, controlnet_conditioning_scale, control_guidance_start,
                                            control_guidance_end, guess_mode, mode=mode, batch=batch))
         if req.control is not None and self._family.denoiser in self.loras.feeds(req.loras) \
                 and self.controlnets.unet_lora is None:
             raise UnsupportedError("LoRAs on the UNet and a ControlNet in one request need an engine exported with "
                                    "both --lora-branches and --controlnet (its unet_control_lora graph)")
-        if getattr(req, "cache", None) is not None and (req.loras or req.control is not None):
-            # step caching (the `cache` branch's request field) runs its own UNet graphs, without LoRA inputs or
-            # ControlNet residuals: refused rather than silently ignoring the adapters
+        if req.cache is not None and (req.loras or req.control is not None):
+            # step caching runs its own UNet graphs, without LoRA inputs or ControlNet residuals: refused rather
+            # than silently ignoring the adapters
             raise UnsupportedError("cache= with loras= or control_image= is not supported yet: step caching runs "
                                    "UNet graphs without LoRA branches or ControlNet residuals")
         if mode != "text2img" and self.denoising_steps(req) < 1:
@@ -248,9 +251,17 @@ class ImagePipeline(Pipeline):
             graph = self.controlnets.unet if not side else self.controlnets.unet_lora
             ctl_images = self.controlnets.prepare(ctl, req.height, req.width, batch, req.num_images_per_prompt, cfg)
             n_steps = len(sched.timesteps) - begin  # img2img: the steps that run, as diffusers' controlnet_keep
-        net = self.session(graph)
         sample_name = self._family.sample_input
         unet_time, calls = [0.0], [0]
+        runner = None if req.cache is None else make_runner(req.cache, self.manifest, self.session,
+                                                             self._family.denoiser, len(sched.timesteps) - begin)
+        if runner is None:
+            net = self.session(graph)
+
+            def call_net(inputs: dict) -> np.ndarray:
+                return net.run(inputs, ["noise_pred"])["noise_pred"]
+        else:
+            call_net = runner
 
         def denoise(xin: np.ndarray, t: float) -> np.ndarray:
             calls[0] += 1
@@ -259,8 +270,8 @@ class ImagePipeline(Pipeline):
             t1 = time.perf_counter()
             more = side if ctl is None else {**side, **self.controlnets.residuals(
                 ctl, ctl_images, calls[0] - 1, n_steps, xin, t, cond.arrays, cfg)}
-            out = net.run({sample_name: xin, "timestep": np.full((xin.shape[0],), t, np.float32), **cond.arrays,
-                           **more}, ["noise_pred"])["noise_pred"]
+            out = call_net({sample_name: xin, "timestep": np.full((xin.shape[0],), t, np.float32), **cond.arrays,
+                            **more})
             unet_time[0] += time.perf_counter() - t1
             return out if out.dtype == np.float32 else out.astype(np.float32)
 
@@ -284,7 +295,8 @@ class ImagePipeline(Pipeline):
             with timer.stage("vae_decode"):
                 arr = self.vae.decode(x, tiling=req.vae_tiling)
             images = arr if req.output_type == "np" else imgproc.to_pil(arr)
-        return ImageOutput(images=images, seed=req.seed, timings=timer.finish())
+        return ImageOutput(images=images, seed=req.seed, timings=timer.finish(),
+                           cache_stats=None if runner is None else runner.stats())
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents -> NHWC float32 images in [0, 1]."""
