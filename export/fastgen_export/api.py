@@ -17,6 +17,7 @@ from typing import Any
 from fastgen.errors import ExportError
 
 from . import output
+from .attention import ATTENTION, DEFAULT_ATTENTION
 from .base import DTYPES, MIN_OPSET, Log
 from .caption import CaptionExporter, captioner_family
 from .diffusion import DiffusersExporter, ImageExporter
@@ -43,7 +44,7 @@ def exporter_for_pipeline(class_name: str) -> type[DiffusersExporter]:
 
 def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", opset: int = 18,
            overwrite: bool = False, optimize: bool = False, parity: bool = True, tolerance: float | None = None,
-           fifo_unet: bool = True, log: Log | None = _stderr) -> str:
+           fifo_unet: bool = True, attention: str = DEFAULT_ATTENTION, log: Log | None = _stderr) -> str:
     """Export the diffusers pipeline ``src`` (a ``save_pretrained`` folder or a hub id), or a transformers
     captioner folder, to ``out``.
 
@@ -60,6 +61,10 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
             one timestep per frame that ``long_video="fifo"`` needs (it doubles the UNet on disk). False
             leaves it out; such an engine raises UnsupportedError for ``long_video="fifo"``. Other
             sources have no such component and ignore it.
+        attention: how the denoiser's (UNet / transformer) attention is written: "sdpa" (default: ONNX-standard
+            MatMul / Softmax / MatMul, runs everywhere incl. TensorRT) or "mha" (one ONNX Runtime
+            ``com.microsoft.MultiHeadAttention`` node per attention: faster on ONNX Runtime and OpenVINO, no
+            materialised score tensor; ``fastgen build-trt`` refuses it). Diffusion pipelines only.
         log: progress sink (default: stderr); None silences it.
     Returns:
         the absolute path of the engine directory.
@@ -75,6 +80,8 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
         raise ExportError(f"tolerance must be > 0, got {tolerance!r}")
     if not isinstance(fifo_unet, bool):
         raise ExportError(f"fifo_unet must be True or False, got {fifo_unet!r}")
+    if attention not in ATTENTION:
+        raise ExportError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
     out = output.check_output(out, overwrite, log)
     options: dict[str, Any] = dict(dtype=dtype, opset=opset, optimize=optimize, parity=parity, tolerance=tolerance,
                                    log=log)
@@ -87,6 +94,9 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
             raise ExportError(f"{src} is neither a diffusers pipeline folder (no model_index.json) nor a supported "
                               "captioning model (config.json architectures: VisionEncoderDecoderModel, "
                               "BlipForConditionalGeneration)")
+        if attention != DEFAULT_ATTENTION:
+            raise ExportError(f"attention={attention!r} applies to diffusion pipelines only; captioners are exported "
+                              f"with attention={DEFAULT_ATTENTION!r}")
         return CaptionExporter(root, **options).export(out, overwrite=overwrite)
 
     root, source_id = resolve_source(src, log)
@@ -97,7 +107,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     cls = exporter_for_pipeline(index["_class_name"])
     plan = cls.plan_folder(root, index)
     extra = {"fifo_unet": fifo_unet} if "fifo_unet" in cls.EXTRA_OPTIONS else {}
-    return cls(plan, source_id=source_id, **options, **extra).export(out, overwrite=overwrite)
+    return cls(plan, source_id=source_id, attention=attention, **options, **extra).export(out, overwrite=overwrite)
 
 
 def _check_apart(root: str, out: str) -> None:

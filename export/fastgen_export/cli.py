@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .attention import ATTENTION, DEFAULT_ATTENTION
+
 __all__ = ["add_export_arguments", "run_export", "add_build_trt_arguments", "run_build_trt",
            "add_optimize_arguments", "run_optimize", "main"]
 
@@ -33,6 +35,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="AnimateDiff sources: also export unet_fifo, the per-frame-timestep UNet that "
                         "`fastgen generate --long-video fifo` needs (default: exported; --no-fifo-unet leaves "
                         "it out and halves the UNet's disk size)")
+    p.add_argument("--attention", choices=ATTENTION, default=DEFAULT_ATTENTION,
+                   help="denoiser attention: sdpa = ONNX-standard MatMul/Softmax (runs everywhere, TensorRT "
+                        "included); mha = ONNX Runtime's fused com.microsoft.MultiHeadAttention (faster on "
+                        "ONNX Runtime and OpenVINO CPU, no score tensor; not TensorRT) (default sdpa)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -41,7 +47,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = export(args.src, args.out, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite,
                  optimize=args.optimize, parity=args.parity, tolerance=args.tolerance,
-                 fifo_unet=getattr(args, "fifo_unet", True),
+                 fifo_unet=getattr(args, "fifo_unet", True), attention=getattr(args, "attention", DEFAULT_ATTENTION),
                  log=None if getattr(args, "quiet", False) else _log("fastgen export"))
     print(out)
     return 0

@@ -190,7 +190,8 @@ def build_denoiser(plan: PipelinePlan, *, text_length: int, pooled_size: int | N
                 "joint_attention_dim": d, "pooled_projection_dim": p,
                 "max_latent_size": cfg.pos_embed_max_size * cfg.patch_size if cfg.pos_embed_max_size else None}
         outputs = [TensorSpec("noise_pred", "float32", ("batch", c_out, "latent_height", "latent_width"))]
-        return ComponentSpec("transformer", wrappers.SD3(model), inputs, outputs, make, info=info)
+        return ComponentSpec("transformer", wrappers.SD3(model), inputs, outputs, make, info=info,
+                             fuse_attention=True)
 
     model = load_model(plan, "unet")
     cfg = model.config
@@ -232,7 +233,7 @@ def build_denoiser(plan: PipelinePlan, *, text_length: int, pooled_size: int | N
         raise ExportError(f"unsupported UNet conditioning (addition_embed_type={cfg.addition_embed_type!r}, "
                           f"class_embed_type={cfg.class_embed_type!r})")
     outputs = [TensorSpec("noise_pred", "float32", ("batch", c_out, "latent_height", "latent_width"))]
-    return ComponentSpec("unet", wrapper, inputs, outputs, make, info=info)
+    return ComponentSpec("unet", wrapper, inputs, outputs, make, info=info, fuse_attention=True)
 
 
 def build_vae(plan: PipelinePlan) -> tuple[ComponentSpec, ComponentSpec]:
