@@ -61,10 +61,10 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
             one timestep per frame that ``long_video="fifo"`` needs (it doubles the UNet on disk). False
             leaves it out; such an engine raises UnsupportedError for ``long_video="fifo"``. Other
             sources have no such component and ignore it.
-        attention: how the denoiser's (UNet / transformer) attention is written: "sdpa" (default: ONNX-standard
-            MatMul / Softmax / MatMul, runs everywhere incl. TensorRT) or "mha" (one ONNX Runtime
-            ``com.microsoft.MultiHeadAttention`` node per attention: faster on ONNX Runtime and OpenVINO, no
-            materialised score tensor; ``fastgen build-trt`` refuses it). Diffusion pipelines only.
+        attention: how the attention of the denoiser (UNet / transformer) and the VAE is written: "sdpa"
+            (default: ONNX-standard MatMul / Softmax / MatMul, runs everywhere incl. TensorRT) or "mha" (one
+            ONNX Runtime ``com.microsoft.MultiHeadAttention`` node per attention: faster on ONNX Runtime and
+            OpenVINO, no materialised score tensor; ``fastgen build-trt`` refuses it). Diffusion pipelines only.
         log: progress sink (default: stderr); None silences it.
     Returns:
         the absolute path of the engine directory.

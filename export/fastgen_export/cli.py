@@ -36,7 +36,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                         "`fastgen generate --long-video fifo` needs (default: exported; --no-fifo-unet leaves "
                         "it out and halves the UNet's disk size)")
     p.add_argument("--attention", choices=ATTENTION, default=DEFAULT_ATTENTION,
-                   help="denoiser attention: sdpa = ONNX-standard MatMul/Softmax (runs everywhere, TensorRT "
+                   help="denoiser and VAE attention: sdpa = ONNX-standard MatMul/Softmax (runs everywhere, TensorRT "
                         "included); mha = ONNX Runtime's fused com.microsoft.MultiHeadAttention (faster on "
                         "ONNX Runtime and OpenVINO CPU, no score tensor; not TensorRT) (default sdpa)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")

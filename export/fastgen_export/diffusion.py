@@ -255,14 +255,15 @@ def build_vae(plan: PipelinePlan) -> tuple[ComponentSpec, ComponentSpec]:
     dec = ComponentSpec("vae_decoder", wrappers.VaeDecoder(vae), [TensorSpec("latent", "float32", latent)],
                         [TensorSpec("sample", "float32", ("batch", cfg.out_channels, "height", "width"))],
                         lambda dims, gen: (_randn(gen, dims["batch"], c, dims["latent_height"], dims["latent_width"]),),
-                        info=info, dtype="fp32")
+                        info=info, dtype="fp32", fuse_attention=True)
 
     def make_image(dims, gen):
         shape = (dims["batch"], cfg.in_channels, dims["height"], dims["width"])
         return (torch.rand(*shape, generator=gen) * 2.0 - 1.0,)
 
     enc = ComponentSpec("vae_encoder", wrappers.VaeEncoder(vae), [TensorSpec("sample", "float32", image)],
-                        [TensorSpec("latent_mean", "float32", latent)], make_image, info=info, dtype="fp32")
+                        [TensorSpec("latent_mean", "float32", latent)], make_image, info=info, dtype="fp32",
+                        fuse_attention=True)
     return dec, enc
 
 
