@@ -13,10 +13,8 @@ configurations are interleaved; the best call over rounds is reported, and the l
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,36 +26,13 @@ sys.path[:0] = [os.path.join(HERE, "..", "python"), os.path.join(HERE, "..", "ex
 BACKENDS = ("onnxruntime", "openvino")
 ATTENTIONS = ("sdpa", "mha")
 
-from ov_startup import cpu_seconds, feeds  # noqa: E402
+from ov_startup import cpu_name, cpu_seconds, export_sd15_unet, feeds, unet_bench_parser  # noqa: E402
 
 
 def export_unets(cache: str, scale: float) -> dict[str, str]:
-    """The UNet exported with each attention (same weights); cached by path."""
+    """The UNet exported with each attention (same seeded weights); cached by path."""
     paths = {a: os.path.join(cache, f"attention_unet_x{scale:g}_{a}", "model.onnx") for a in ATTENTIONS}
-    if all(os.path.exists(p) for p in paths.values()):
-        return paths
-    import torch
-    from diffusers import UNet2DConditionModel
-    from fastgen_export.attention import fused_attention
-    from fastgen_export.onnx_utils import export_module
-    from fastgen_export.wrappers import UNet
-
-    from models import SD15_UNET
-
-    cfg = dict(SD15_UNET, block_out_channels=tuple(int(c * scale) for c in SD15_UNET["block_out_channels"]))
-    torch.manual_seed(0)
-    unet = UNet(UNet2DConditionModel(**cfg).eval())
-    f = {k: torch.from_numpy(v) for k, v in feeds().items()}
-    for attention, path in paths.items():
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with fused_attention(attention == "mha"):
-            export_module(unet, tuple(f.values()), path + ".tmp", input_names=list(f), output_names=["noise_pred"],
-                          dynamic_axes={"sample": {0: "b", 2: "h", 3: "w"}, "timestep": {0: "b"},
-                                        "encoder_hidden_states": {0: "b"}}, opset=18)
-        for suffix in ("", ".data"):
-            if os.path.exists(path + ".tmp" + suffix):
-                os.replace(path + ".tmp" + suffix, path + suffix)
-    return paths
+    return {a: p if os.path.exists(p) else export_sd15_unet(p, scale, a) for a, p in paths.items()}
 
 
 def worker(backend: str, path: str, latent: int, calls: int) -> dict:
@@ -137,13 +112,8 @@ def plot(rec: dict, path: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", help="directory for attention.json / .png")
-    ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "fastgen-bench"))
-    ap.add_argument("--width-scale", type=float, default=0.5)
+    ap = unet_bench_parser(__doc__, "attention", calls=2)
     ap.add_argument("--latents", type=int, nargs="+", default=[32, 64])
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--calls", type=int, default=2)
     ap.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     ap.add_argument("--onnx", help=argparse.SUPPRESS)
     ap.add_argument("--latent", type=int, help=argparse.SUPPRESS)
@@ -155,11 +125,9 @@ def main() -> None:
         ap.error("--out is required")
     os.environ["FASTGEN_CACHE_DIR"] = os.path.join(args.cache, "attention_fastgen_cache")  # workers inherit it
     paths = export_unets(args.cache, args.width_scale)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
     scratch = os.path.join(args.cache, "attention_outputs")
     os.makedirs(scratch, exist_ok=True)
-    rec = {"width_scale": args.width_scale, "latents": args.latents, "batch": 2, "cpu": cpu,
+    rec = {"width_scale": args.width_scale, "latents": args.latents, "batch": 2, "cpu": cpu_name(),
            "cores": os.cpu_count(), "load_before": os.getloadavg(), "rounds": args.rounds, "calls": args.calls,
            **measure(paths, args.latents, args.rounds, args.calls, scratch)}
     rec["load_after"] = os.getloadavg()

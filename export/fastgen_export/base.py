@@ -133,7 +133,8 @@ class Exporter:
         import onnxruntime
 
         return {"name": "fastgen_export", "version": __version__, "opset": self.opset, "dtype": self.dtype,
-                "torch_exporter": "torchscript", "attention": self.attention, "optimize": "ort-basic" if self.optimize else None,
+                "torch_exporter": "torchscript", "attention": self.attention,
+                "optimize": "ort-basic" if self.optimize else None,
                 "onnx_version": onnx.__version__, "onnxruntime_version": onnxruntime.__version__,
                 "created": mf.utc_now()}
 
