@@ -129,3 +129,26 @@ def test_int8_optimize_on_mha_engine(fmt, tmp_path):
     int8 = fastgen.Pipeline.load(engine, backend=backend, precision="int8")("a red cat", **kw).images
     assert np.isfinite(int8).all()
     assert np.abs(int8 - fp32).mean() < 0.1
+
+
+def _frames(engine: str, kind: str) -> np.ndarray:
+    pipe = fastgen.Pipeline.load(engine)
+    if kind == "animatediff":
+        lat = fastgen.randn((1, 4, 4, H // 8, W // 8), seed=3)
+        return pipe("a red cat", latents=lat, num_frames=4, num_inference_steps=2, guidance_scale=4.0, height=H,
+                    width=W).frames
+    rng = np.random.RandomState(1)
+    img = rng.uniform(0, 255, (40, 56, 3)).astype(np.uint8)
+    h, w, f = 32, 48, 3
+    return pipe(img, latents=fastgen.randn((1, f, 4, h // 2, w // 2), seed=3),
+                image_noise=rng.standard_normal((1, 3, h, w)).astype(np.float32), height=h, width=w, num_frames=f,
+                num_inference_steps=2, decode_chunk_size=2).frames
+
+
+@pytest.mark.parametrize("kind,fused", [("animatediff", ("unet", "unet_fifo")), ("svd", ("unet",))])
+def test_video_denoisers(kind, fused):
+    default, mha = _engines(kind)
+    comps = _manifest(mha)["components"]
+    for name in fused:
+        assert comps[name]["attention"] == "mha" and ("", "Softmax") not in _ops(mha, name)
+    assert np.abs(_frames(mha, kind) - _frames(default, kind)).max() <= 2e-3
