@@ -13,6 +13,7 @@ configurations are interleaved; the best call over rounds is reported, and the l
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource

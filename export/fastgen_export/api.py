@@ -15,9 +15,9 @@ import sys
 from typing import Any
 
 from fastgen.errors import ExportError
+from fastgen.manifest import ATTENTIONS, DEFAULT_ATTENTION
 
 from . import output
-from .attention import ATTENTION, DEFAULT_ATTENTION
 from .base import DTYPES, MIN_OPSET, Log
 from .caption import CaptionExporter, captioner_family
 from .diffusion import DiffusersExporter, ImageExporter
@@ -80,8 +80,8 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
         raise ExportError(f"tolerance must be > 0, got {tolerance!r}")
     if not isinstance(fifo_unet, bool):
         raise ExportError(f"fifo_unet must be True or False, got {fifo_unet!r}")
-    if attention not in ATTENTION:
-        raise ExportError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
+    if attention not in ATTENTIONS:
+        raise ExportError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
     out = output.check_output(out, overwrite, log)
     options: dict[str, Any] = dict(dtype=dtype, opset=opset, optimize=optimize, parity=parity, tolerance=tolerance,
                                    log=log)

@@ -17,38 +17,32 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from fastgen.manifest import ATTENTIONS
+import torch
+import torch.nn.functional as F
 
-__all__ = ["ATTENTION", "DEFAULT_ATTENTION", "MHA_DOMAIN", "fused_attention", "count_fused", "graph_attention"]
+__all__ = ["MHA_DOMAIN", "fused_attention", "count_fused", "graph_attention"]
 
-#: export choices for the denoiser's attention
-ATTENTION = ATTENTIONS
-DEFAULT_ATTENTION = "sdpa"
 MHA_DOMAIN = "com.microsoft"
 _MHA_OP = "MultiHeadAttention"
 
 
-def _function():
-    import torch
-
-    class _MultiHeadAttention(torch.autograd.Function):
-        """q, k, v: [B, S, heads * D] -> [B, Sq, heads * D]; exported as one com.microsoft node."""
-
-        @staticmethod
-        def forward(ctx, q, k, v, num_heads: int):
-            b, sq, _ = q.shape
-            split = [t.reshape(b, t.shape[1], num_heads, -1).transpose(1, 2) for t in (q, k, v)]
-            out = _ORIGINAL[0](*split)
-            return out.transpose(1, 2).reshape(b, sq, -1)
-
-        @staticmethod
-        def symbolic(g, q, k, v, num_heads: int):
-            return g.op(f"{MHA_DOMAIN}::{_MHA_OP}", q, k, v, num_heads_i=num_heads).setType(q.type())
-
-    return _MultiHeadAttention
-
-
+#: the torch function fused_attention replaced (set while it is active)
 _ORIGINAL: list = []
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    """q, k, v: [B, S, heads * D] -> [B, Sq, heads * D]; exported as one com.microsoft node."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, num_heads: int):
+        b, sq, _ = q.shape
+        split = [t.reshape(b, t.shape[1], num_heads, -1).transpose(1, 2) for t in (q, k, v)]
+        out = _ORIGINAL[0](*split)
+        return out.transpose(1, 2).reshape(b, sq, -1)
+
+    @staticmethod
+    def symbolic(g, q, k, v, num_heads: int):
+        return g.op(f"{MHA_DOMAIN}::{_MHA_OP}", q, k, v, num_heads_i=num_heads).setType(q.type())
 
 
 def _merge_heads(t):
@@ -62,12 +56,9 @@ def fused_attention(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    import torch.nn.functional as F
-
     if _ORIGINAL:
         raise RuntimeError("fused_attention is not reentrant")
     original = F.scaled_dot_product_attention
-    mha = _function()
 
     def routed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
         plain = attn_mask is None and not dropout_p and not is_causal and scale is None and not kw
@@ -76,7 +67,7 @@ def fused_attention(enabled: bool = True) -> Iterator[None]:
             return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                             scale=scale, **kw)
         b, heads, sq, d = query.shape
-        out = mha.apply(_merge_heads(query), _merge_heads(key), _merge_heads(value), int(heads))
+        out = _MultiHeadAttention.apply(_merge_heads(query), _merge_heads(key), _merge_heads(value), int(heads))
         return out.reshape(b, sq, heads, d).transpose(1, 2)
 
     _ORIGINAL.append(original)

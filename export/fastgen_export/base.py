@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from fastgen.errors import ConfigError, ExportError
+from fastgen.manifest import ATTENTIONS, DEFAULT_ATTENTION
 
 from . import manifest as mf
 from . import onnx_utils, output, parity
-from .attention import ATTENTION, DEFAULT_ATTENTION, fused_attention, graph_attention
 from ._version import __version__
 from .spec import ComponentSpec, TokenizerSpec
 from .tokenizer import export_tokenizer
@@ -65,8 +65,8 @@ class Exporter:
             raise ExportError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
         if tolerance is not None and not tolerance > 0:
             raise ExportError(f"tolerance must be > 0, got {tolerance!r}")
-        if attention not in ATTENTION:
-            raise ExportError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
+        if attention not in ATTENTIONS:
+            raise ExportError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         self.attention = attention
         self.kind, self.family = kind, family
         self.dtype, self.opset, self.optimize, self.parity, self.tolerance = dtype, opset, optimize, parity, tolerance
@@ -186,6 +186,8 @@ class Exporter:
 
     def _component(self, spec: ComponentSpec) -> None:
         import torch
+
+        from .attention import fused_attention, graph_attention
 
         t0 = time.perf_counter()
         name = spec.name

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .attention import ATTENTION, DEFAULT_ATTENTION
-
 __all__ = ["add_export_arguments", "run_export", "add_build_trt_arguments", "run_build_trt",
            "add_optimize_arguments", "run_optimize", "main"]
 
@@ -19,6 +17,8 @@ def _log(prefix: str):
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    from fastgen.manifest import ATTENTIONS, DEFAULT_ATTENTION
+
     p.add_argument("src", metavar="SRC", help="diffusers pipeline folder (save_pretrained layout) or hub id")
     p.add_argument("out", metavar="OUT", help="engine directory to write")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
@@ -35,7 +35,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="AnimateDiff sources: also export unet_fifo, the per-frame-timestep UNet that "
                         "`fastgen generate --long-video fifo` needs (default: exported; --no-fifo-unet leaves "
                         "it out and halves the UNet's disk size)")
-    p.add_argument("--attention", choices=ATTENTION, default=DEFAULT_ATTENTION,
+    p.add_argument("--attention", choices=ATTENTIONS, default=DEFAULT_ATTENTION,
                    help="denoiser and VAE attention: sdpa = ONNX-standard MatMul/Softmax (runs everywhere, TensorRT "
                         "included); mha = ONNX Runtime's fused com.microsoft.MultiHeadAttention (faster on "
                         "ONNX Runtime and OpenVINO CPU, no score tensor; not TensorRT) (default sdpa)")
@@ -47,7 +47,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = export(args.src, args.out, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite,
                  optimize=args.optimize, parity=args.parity, tolerance=args.tolerance,
-                 fifo_unet=getattr(args, "fifo_unet", True), attention=getattr(args, "attention", DEFAULT_ATTENTION),
+                 fifo_unet=getattr(args, "fifo_unet", True), attention=getattr(args, "attention", "sdpa"),
                  log=None if getattr(args, "quiet", False) else _log("fastgen export"))
     print(out)
     return 0

@@ -114,6 +114,7 @@ DIFFUSION_KINDS = ("text2img", "inpaint", "text2video", "img2video")
 #: how a component's attention is written: "sdpa" = ONNX-standard MatMul / Softmax (the default, also when the
 #: field is absent), "mha" = ONNX Runtime's com.microsoft.MultiHeadAttention contrib op (no TensorRT)
 ATTENTIONS = ("sdpa", "mha")
+DEFAULT_ATTENTION = "sdpa"
 
 TOKEN_ID = S.Int(0, S.INT32_MAX)  # token ids: ints in [0, 2**31)
 
