@@ -152,3 +152,15 @@ def test_video_denoisers(kind, fused):
     for name in fused:
         assert comps[name]["attention"] == "mha" and ("", "Softmax") not in _ops(mha, name)
     assert np.abs(_frames(mha, kind) - _frames(default, kind)).max() <= 2e-3
+
+
+def test_fp16_export_with_mha(tmp_path):
+    """--dtype fp16: the fused node runs in fp16 on ONNX Runtime's CPU provider too."""
+    from fastgen_export.api import export
+
+    src, _ = tiny_engine("sd")
+    engines = {a: export(src, str(tmp_path / a), dtype="fp16", attention=a, log=None) for a in ("sdpa", "mha")}
+    assert _manifest(engines["mha"])["components"]["unet"]["attention"] == "mha"
+    kw = dict(num_inference_steps=3, guidance_scale=4.0, height=H, width=W, seed=3, output_type="np")
+    a, b = (fastgen.Pipeline.load(engines[k])("a red cat", **kw).images for k in ("sdpa", "mha"))
+    assert np.abs(a - b).max() <= 5e-3
