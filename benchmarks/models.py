@@ -64,6 +64,16 @@ DIFFUSION_MODELS = {
              "overrides": {"unet": SD15_UNET, "text_encoder": CLIP_VIT_L_TEXT, "vae": SD_VAE}, "latent": 32,
              "description": "SD 1.5 architecture, random weights: SD 1.5 UNet config (860M params), "
                             "CLIP ViT-L/14 text config (12 layers, 768), SD VAE (factor 8)"},
+    # the SD 1.5 UNet's layout (4 blocks, 2 layers each, attention in the first 3, 8 heads) at 0.3 of its
+    # width, with DeepCache's graphs: the step-caching benchmark (benchmarks/step_cache.py)
+    "sd15-small": {"kind": "sd", "vae_scale_factor": 8, "latent": 32, "export": {"cache": ["deepcache"]},
+                   "overrides": {"unet": {**SD15_UNET, "block_out_channels": (96, 192, 384, 384),
+                                          "cross_attention_dim": 192},
+                                 "text_encoder": {**CLIP_VIT_L_TEXT, "hidden_size": 192, "intermediate_size": 768,
+                                                  "num_hidden_layers": 4, "num_attention_heads": 4},
+                                 "vae": {**SD_VAE, "block_out_channels": [32, 64, 128, 128], "norm_num_groups": 32}},
+                   "description": "SD 1.5 UNet layout at 0.3 width (96, 192, 384, 384), 4-layer CLIP 192, "
+                                  "SD VAE layout at 1/4 width; exported with --cache deepcache"},
 }
 
 
@@ -117,7 +127,7 @@ def diffusion_model(name: str, cache: str = DEFAULT_CACHE, *, demo_src: str | No
     build_tiny_pipeline(spec["kind"], src, vae_scale_factor=spec["vae_scale_factor"], **spec["overrides"])
     t1 = time.perf_counter()
     log(f"exporting {name} (built in {t1 - t0:.0f}s)")
-    export(src, eng, log=None if name == "tiny" else log)
+    export(src, eng, log=None if name == "tiny" else log, **spec.get("export", {}))
     info["build_s"], info["export_s"] = t1 - t0, time.perf_counter() - t1
     with open(os.path.join(root, "build.json"), "w") as f:
         json.dump({k: info[k] for k in ("build_s", "export_s")}, f)

@@ -1,9 +1,15 @@
-"""Load test of `fastgen serve`: 1, 4, 16 concurrent clients, dynamic batching on (with and without waiting) vs off.
+"""Load test of `fastgen serve`: 1, 4, 16, 64 concurrent clients, dynamic batching on (with and without waiting)
+vs off, and batching on again with a slow-client attack running alongside.
 
-A real uvicorn server on 127.0.0.1 (ephemeral port, in this process) and an httpx/asyncio load generator
-(closed loop: each client sends its next request when the previous one is answered). Reports throughput
-(images/s), p50/p95/p99 latency, the batch-size histogram (from the server's metrics) and that every request
-was answered. Bounded: --requests per level and --time-limit per level.
+A real uvicorn server on 127.0.0.1 (ephemeral port, in this process; the CLI's server, with its header and
+body time limits) and an httpx/asyncio load generator (closed loop: each client sends its next request when
+the previous one is answered). Reports throughput (images/s), p50/p95/p99 latency, the batch-size histogram
+(from the server's metrics) and that every request was answered. Bounded: --requests per level and
+--time-limit per level.
+
+The attack (--attackers, default 32 connections): half send request headers a byte at a time, half send
+headers and the start of an 8 MiB body and then trickle; each reconnects when the server cuts it off. The
+good clients' p95 with the attack is compared with the same level without it (target: within 1.5x).
 
     python benchmarks/serve_load.py [ENGINE_DIR] --out bench_out [--quick]
 
@@ -45,10 +51,10 @@ WARMUP = 3
 
 
 class Server:
-    def __init__(self, app):
-        import uvicorn
+    def __init__(self, app, header_timeout_s: float = 10.0):
+        from fastgen.serve.server import make_server
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.server = make_server(app, "127.0.0.1", 0, header_timeout_s=header_timeout_s)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -59,6 +65,7 @@ class Server:
             time.sleep(0.025)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.base = f"http://127.0.0.1:{port}"
+        self.port = port
         return self
 
     def __exit__(self, *exc):
@@ -66,8 +73,50 @@ class Server:
         self.thread.join(60)
 
 
-async def load(base: str, clients: int, requests: int, body: dict, time_limit: float) -> dict:
+async def slow_clients(port: int, n: int, stop: asyncio.Event, stats: dict) -> None:
+    """``n`` slow connections until ``stop``: half trickle their headers, half their body (see the docstring)."""
+    async def one(k: int):
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            stats["connections"] += 1
+            try:
+                if k % 2:
+                    writer.write(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 8388608\r\n\r\n" + b" " * 65536)
+                else:
+                    writer.write(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n")
+                while not stop.is_set() and not reader.at_eof():
+                    writer.write(b" " if k % 2 else b"X")
+                    await writer.drain()
+                    try:
+                        if await asyncio.wait_for(reader.read(4096), 0.5):
+                            stats["answered"] += 1
+                            break
+                    except asyncio.TimeoutError:
+                        pass
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+    stats.setdefault("connections", 0)
+    stats.setdefault("answered", 0)
+    await asyncio.gather(*[one(k) for k in range(n)])
+
+
+async def load(base: str, clients: int, requests: int, body: dict, time_limit: float, attack: tuple | None = None
+               ) -> dict:
+    """``attack``: (port, connections): slow clients run from the warm-up to the end of the level."""
     import httpx
+
+    stop, stats = asyncio.Event(), {}
+    attackers = None
+    if attack is not None:
+        attackers = asyncio.ensure_future(slow_clients(attack[0], attack[1], stop, stats))
 
     lat: list[float] = []
     codes: dict[int, int] = {}
@@ -93,21 +142,26 @@ async def load(base: str, clients: int, requests: int, body: dict, time_limit: f
         t0 = time.perf_counter()
         await asyncio.gather(*[client(k) for k in range(clients)])
         wall = time.perf_counter() - t0
+    if attackers is not None:
+        stop.set()
+        await attackers
     a = np.asarray(lat)
     n_ok = codes.get(200, 0)
     return {"clients": clients, "requests": sent, "answered": len(lat), "codes": {str(k): v for k, v in codes.items()},
             "wall_s": wall, "images_per_s": n_ok * body.get("n", 1) / wall,
             "latency_s": {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
                           "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99)),
-                          "max": float(a.max())}}
+                          "max": float(a.max())},
+            "attack": None if attack is None else {"slow_connections": attack[1], **stats}}
 
 
 def batch_histogram(service, engine: str) -> dict[str, int]:
-    snap = service.metrics.batch_size.snapshot(engine=engine)
+    buckets = [(float(smp.labels["le"]), smp.value) for metric in service.metrics.batch_size.collect()
+               for smp in metric.samples if smp.name.endswith("_bucket") and smp.labels.get("engine") == engine]
     out, prev = {}, 0
-    for le, cum in snap["buckets"].items():
-        if cum - prev:
-            out[str(int(le))] = cum - prev
+    for le, cum in sorted(buckets):
+        if cum - prev and le != float("inf"):
+            out[str(int(le))] = int(cum - prev)
         prev = cum
     return out
 
@@ -116,8 +170,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("engine", nargs="?", default=None)
     ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--requests", type=int, default=48, help="requests per (clients, batching) level")
+    ap.add_argument("--clients", default="1,4,16,64")
+    ap.add_argument("--attackers", type=int, default=32, help="slow connections in the attack runs (0: none)")
+    ap.add_argument("--requests", type=int, default=128, help="requests per (clients, batching) level")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per level at most")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--size", default=None, help="WxH (default: the engine's)")
@@ -135,29 +190,36 @@ def main(argv=None) -> int:
 
     engine, label = (args.engine, args.engine) if args.engine else default_engine()
     pipe = fastgen.Pipeline.load(engine)
-    size = args.size or f"{pipe.default_width}x{pipe.default_height}"
+    size = args.size or f"{pipe.geometry.default_width}x{pipe.geometry.default_height}"
     body = {"model": "m", "prompt": "a photo of a cat", "size": size, "steps": args.steps, "n": 1}
     clients = [int(c) for c in args.clients.split(",")]
     runs = []
     # batching on (waiting up to --max-wait-ms for batch mates), on without waiting (a batch is whatever
     # queued while the worker was busy), and off; interleaved per level so drifting machine load hits all alike
     modes = [("on", True, args.max_wait_ms), ("on, no wait", True, 0.0), ("off", False, 0.0)]
+    if args.attackers:
+        modes.append(("on, slow-client attack", True, args.max_wait_ms))
     for c in clients:
         for mode, batching, wait_ms in modes:
             app = create_app({"m": engine}, max_batch=args.max_batch, max_wait_ms=wait_ms,
-                             max_queue=max(64, 2 * c), batching=batching, warmup=False)
+                             max_queue=max(64, 2 * c), batching=batching, warmup=False, body_timeout_s=2.0)
             svc = app.state.service
-            with Server(app) as srv:
-                r = asyncio.run(load(srv.base, c, args.requests, body, args.time_limit))
+            with Server(app, header_timeout_s=2.0) as srv:
+                attack = (srv.port, args.attackers) if "attack" in mode else None
+                r = asyncio.run(load(srv.base, c, args.requests, body, args.time_limit, attack))
             hist = batch_histogram(svc, "m")
             hist["1"] = hist.get("1", 0) - WARMUP  # the warm-up requests
             r.update(mode=mode, batching=batching, max_wait_ms=wait_ms,
                      batch_size_histogram={k: v for k, v in hist.items() if v})
+            if attack is not None:
+                calm = next(x for x in runs if x["mode"] == "on" and x["clients"] == c)
+                r["attack"]["p95_ratio"] = r["latency_s"]["p95"] / calm["latency_s"]["p95"]
             runs.append(r)
             print(f"batching {mode:11s} clients={c:2d}: {r['images_per_s']:.2f} img/s  "
                   f"p50 {r['latency_s']['p50'] * 1e3:.0f} ms  p95 {r['latency_s']['p95'] * 1e3:.0f} ms  "
                   f"p99 {r['latency_s']['p99'] * 1e3:.0f} ms  answered {r['answered']}/{r['requests']} "
-                  f"codes {r['codes']}  batches {r['batch_size_histogram']}", flush=True)
+                  f"codes {r['codes']}  batches {r['batch_size_histogram']}"
+                  + (f"  attack {r['attack']}" if r["attack"] else ""), flush=True)
     payload = {"benchmark": "serve_load", "engine": label, "size": size, "steps": args.steps,
                "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "requests_per_level": args.requests,
                "environment": environment(), "runs": runs}
@@ -177,8 +239,11 @@ def plot(runs, clients, path, label):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
-    for mode, style, color in (("on", "o-", "C0"), ("on, no wait", "^-.", "C1"), ("off", "s--", "C2")):
+    for mode, style, color in (("on", "o-", "C0"), ("on, no wait", "^-.", "C1"), ("off", "s--", "C2"),
+                               ("on, slow-client attack", "x:", "C3")):
         rs = [r for r in runs if r["mode"] == mode]
+        if not rs:
+            continue
         name = f"batching {mode}"
         ax[0].plot([r["clients"] for r in rs], [r["images_per_s"] for r in rs], style, color=color, label=name)
         for q, alpha in (("p50", 1.0), ("p95", 0.5)):

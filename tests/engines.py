@@ -22,13 +22,15 @@ def _build(kind: str, src: str, **overrides) -> None:
         testing.build_tiny_pipeline(kind, src, **overrides)
 
 
-def tiny_engine(kind: str, **overrides) -> tuple[str, str]:
+def tiny_engine(kind: str, export_options: dict | None = None, **overrides) -> tuple[str, str]:
     """(source folder, engine dir) of a tiny random `kind` model: the image kinds of
-    fastgen_export.testing.KINDS, "animatediff", "svd", "vit-gpt2" or "blip"."""
+    fastgen_export.testing.KINDS, "animatediff", "svd", "vit-gpt2" or "blip". ``export_options``: extra
+    keywords of fastgen_export.api.export (e.g. ``{"cache": "deepcache"}``)."""
     global _ROOT
     from fastgen_export.api import export
 
-    key = (kind, tuple(sorted(overrides.items())))
+    export_options = dict(export_options or {})
+    key = (kind, tuple(sorted(overrides.items())), repr(sorted(export_options.items())))
     with _LOCK:
         if key not in _CACHE:
             if _ROOT is None:
@@ -37,6 +39,6 @@ def tiny_engine(kind: str, **overrides) -> tuple[str, str]:
             src = os.path.join(_ROOT, name + "-src")
             eng = os.path.join(_ROOT, name + "-engine")
             _build(kind, src, **overrides)
-            export(src, eng, log=None)
+            export(src, eng, log=None, **export_options)
             _CACHE[key] = (src, eng)
         return _CACHE[key]

@@ -164,3 +164,23 @@ def test_fp16_export_with_mha(tmp_path):
     kw = dict(num_inference_steps=3, guidance_scale=4.0, height=H, width=W, seed=3, output_type="np")
     a, b = (fastgen.Pipeline.load(engines[k])("a red cat", **kw).images for k in ("sdpa", "mha"))
     assert np.abs(a - b).max() <= 5e-3
+
+
+@pytest.mark.parametrize("kind,cache,use", [
+    ("sd", "deepcache", "deepcache:interval=2"),
+    ("sd3", "first_block", "first_block:threshold=0.3"),
+])
+def test_step_cache_graphs(kind, cache, use):
+    """The step-cache graphs (DeepCache's full / shallow UNets, SD3's First-Block split) are denoisers too."""
+    _, default = tiny_engine(kind, export_options={"cache": cache})
+    _, mha = tiny_engine(kind, export_options={"cache": cache, "attention": "mha"})
+    comps = _manifest(mha)["components"]
+    denoisers = [n for n in comps if n.startswith(("unet", "transformer"))]
+    assert len(denoisers) > 1
+    for name in denoisers:
+        assert ("", "Softmax") not in _ops(mha, name), name
+    assert sum(comps[n]["attention"] == "mha" for n in denoisers) >= 2
+    kw = dict(num_inference_steps=4, guidance_scale=4.0, height=64, width=64, seed=3, output_type="np", cache=use)
+    want = fastgen.Pipeline.load(default)("a red cat", **kw).images
+    got = fastgen.Pipeline.load(mha)("a red cat", **kw).images
+    assert np.abs(got - want).max() <= 2e-3

@@ -176,6 +176,13 @@ def test_identical_configurations():
     assert t["a"]["n"] == t["b"]["n"] == 5 and t["a"]["first_call_s"] > 0 and t["speedup_b_vs_a"] > 0
 
 
+def test_the_table_names_each_sides_steps_when_they_differ():
+    report = ev.compare("demo", ("demo", {"num_inference_steps": 2}), PROMPTS[:1], num_inference_steps=1)
+    assert report.call["num_inference_steps"] == 1 and report.call["b"]["num_inference_steps"] == 2
+    head = report.format_table().splitlines()[2]
+    assert "A 1 steps, guidance 5" in head and "B 2 steps, guidance 5" in head, head
+
+
 def test_onnxruntime_and_openvino_fp32_agree():
     pytest.importorskip("openvino")
     with fastgen.Pipeline.load("demo") as pipe:  # a loaded pipeline is a configuration too

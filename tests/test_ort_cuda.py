@@ -107,6 +107,23 @@ def test_pipeline_cpu_fallback_option(sd_engine, monkeypatch):
         fastgen.Pipeline.load(sd_engine, device="cuda", cpu_fallback="yes")
 
 
+def test_cpu_fallback_with_the_cpu_wheel(sd_engine):
+    """Bug: with the CPU onnxruntime wheel (no CUDA provider at all), device="cuda", cpu_fallback=True raised
+    BackendError from default_providers instead of warning and running on the CPU as documented."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    kw = dict(num_inference_steps=2, height=32, width=32, seed=1, output_type="np")
+    with pytest.raises(BackendError, match="onnxruntime-gpu"):
+        fastgen.Pipeline.load(sd_engine, device="cuda")("a cat", **kw)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        img = fastgen.Pipeline.load(sd_engine, device="cuda", cpu_fallback=True)("a cat", **kw).images
+    ref = fastgen.Pipeline.load(sd_engine)("a cat", **kw).images
+    assert np.array_equal(img, ref) and any("running on the CPU" in str(x.message) for x in w)
+
+
 def test_cuda_pipeline_keeps_loop_invariants_on_the_device(sd_engine, monkeypatch):
     """Bug: IO binding re-uploaded every input each step. Under the fake GPU the images equal the CPU run,
     and the UNet's uploads are the embeddings once plus the latents and timestep of each step."""

@@ -112,6 +112,10 @@ def test_bad_call_arguments(pipe, reference, kwargs, exc, text):
 
 
 def test_positional_misuse_is_an_invalid_argument(pipe):
+    with pytest.raises(InvalidArgumentError, match="too many positional arguments"):
+        pipe.validate("a", "b")
+    with pytest.raises(InvalidArgumentError, match="multiple values for argument 'prompt'"):
+        pipe.validate("a", prompt="b")
     with pytest.raises(InvalidArgumentError, match="positional"):
         pipe("a", "b", 3)
 

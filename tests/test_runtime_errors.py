@@ -236,6 +236,15 @@ def test_cli_generate_and_info(eng, tmp_path):
     assert r.returncode == 0 and "unet" in r.stdout and "vae_scale_factor" in r.stdout
 
 
+def test_info_prints_the_sizes_validate_accepts(capsys):
+    """docs/api.md: sizes are multiples of size_multiple within [min_size, max_size] and max_pixels, and
+    `fastgen info ENGINE` prints them (the demo's multiple is 16, not its VAE factor 4)."""
+    from fastgen.cli import main
+
+    assert main(["info", "demo"]) == 0
+    assert "multiples of 16 in [16, 256] per side, at most 65536 pixels" in capsys.readouterr().out
+
+
 def test_large_graphs_open_with_basic_optimisation(monkeypatch):
     """Graphs above LARGE_MODEL_BYTES (weights included) skip ORT's slow layout optimisation."""
     import onnxruntime as ort

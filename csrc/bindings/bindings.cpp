@@ -173,4 +173,5 @@ PYBIND11_MODULE(_core, m) {
   py_bind::bind_sampling(m);
   py_bind::bind_text(m);
   py_bind::bind_video(m);
+  py_bind::bind_step_cache(m);
 }

@@ -42,5 +42,6 @@ void bind_schedulers(py::module_& m);
 void bind_sampling(py::module_& m);
 void bind_text(py::module_& m);
 void bind_video(py::module_& m);
+void bind_step_cache(py::module_& m);
 
 }  // namespace fastgen::py_bind

@@ -44,7 +44,8 @@ def exporter_for_pipeline(class_name: str) -> type[DiffusersExporter]:
 
 def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", opset: int = 18,
            overwrite: bool = False, optimize: bool = False, parity: bool = True, tolerance: float | None = None,
-           fifo_unet: bool = True, attention: str = DEFAULT_ATTENTION, log: Log | None = _stderr) -> str:
+           fifo_unet: bool = True, cache: Any = None, attention: str = DEFAULT_ATTENTION,
+           log: Log | None = _stderr) -> str:
     """Export the diffusers pipeline ``src`` (a ``save_pretrained`` folder or a hub id), or a transformers
     captioner folder, to ``out``.
 
@@ -61,6 +62,9 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
             one timestep per frame that ``long_video="fifo"`` needs (it doubles the UNet on disk). False
             leaves it out; such an engine raises UnsupportedError for ``long_video="fifo"``. Other
             sources have no such component and ignore it.
+        cache: step-cache graphs to add (``fastgen export --cache``): a spec or a list of specs,
+            "deepcache" / "deepcache:branch=N" (SD / SDXL / AnimateDiff UNets: the deep-feature outputs and one shallow
+            UNet per branch), "first_block" (SD3: the transformer split for First-Block Cache). None: none (engines then run without ``cache=``).
         attention: how the attention of the denoiser (UNet / transformer) and the VAE is written: "sdpa"
             (default: ONNX-standard MatMul / Softmax / MatMul, runs everywhere incl. TensorRT) or "mha" (one
             ONNX Runtime ``com.microsoft.MultiHeadAttention`` node per attention: faster on ONNX Runtime and
@@ -107,6 +111,10 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
     cls = exporter_for_pipeline(index["_class_name"])
     plan = cls.plan_folder(root, index)
     extra = {"fifo_unet": fifo_unet} if "fifo_unet" in cls.EXTRA_OPTIONS else {}
+    if "cache" in cls.EXTRA_OPTIONS:
+        extra["cache"] = cache
+    elif cache:
+        raise ExportError(f"--cache applies to SD, SDXL, SD3 and AnimateDiff engines, not {index['_class_name']}")
     return cls(plan, source_id=source_id, attention=attention, **options, **extra).export(out, overwrite=overwrite)
 
 

@@ -35,6 +35,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="AnimateDiff sources: also export unet_fifo, the per-frame-timestep UNet that "
                         "`fastgen generate --long-video fifo` needs (default: exported; --no-fifo-unet leaves "
                         "it out and halves the UNet's disk size)")
+    p.add_argument("--cache", action="append", default=None, metavar="KIND[:branch=N]",
+                   help="add step-cache graphs (repeatable): deepcache[:branch=N] (SD / SDXL / AnimateDiff UNets; branch 0 by "
+                        "default), first_block (SD3); then `fastgen generate --cache ...` can use them")
     p.add_argument("--attention", choices=ATTENTIONS, default=DEFAULT_ATTENTION,
                    help="denoiser and VAE attention: sdpa = ONNX-standard MatMul/Softmax (runs everywhere, TensorRT "
                         "included); mha = ONNX Runtime's fused com.microsoft.MultiHeadAttention (faster on "
@@ -47,7 +50,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = export(args.src, args.out, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite,
                  optimize=args.optimize, parity=args.parity, tolerance=args.tolerance,
-                 fifo_unet=getattr(args, "fifo_unet", True), attention=getattr(args, "attention", "sdpa"),
+                 fifo_unet=getattr(args, "fifo_unet", True), cache=getattr(args, "cache", None),
+                 attention=getattr(args, "attention", "sdpa"),
                  log=None if getattr(args, "quiet", False) else _log("fastgen export"))
     print(out)
     return 0

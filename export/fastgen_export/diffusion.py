@@ -22,6 +22,8 @@ from fastgen.errors import ExportError
 
 from .base import Exporter
 from .sources import check_entries, import_class, model_index_entry, read_json, read_model_index
+from .step_cache import (FIRST_BLOCK_RECORD, deepcache_components, deepcache_record, first_block_components,
+                         parse_export_cache)
 from .spec import ComponentSpec, TensorSpec, TokenizerSpec
 
 __all__ = ["SUPPORTED_PIPELINES", "PipelinePlan", "DiffusersExporter", "ImageExporter", "plan_pipeline",
@@ -458,6 +460,14 @@ class ImageExporter(DiffusersExporter):
         "unet": ("UNet2DConditionModel",), "transformer": ("SD3Transformer2DModel",), "vae": ("AutoencoderKL",),
     }
     PAIRED = (("text_encoder", "tokenizer"), ("text_encoder_3", "tokenizer_3"))
+    EXTRA_OPTIONS = ("cache",)
+
+    def __init__(self, plan: PipelinePlan, *, source_id: str, cache: Any = None, **options: Any):
+        super().__init__(plan, source_id=source_id, **options)
+        #: step-cache kinds to export graphs for: {kind: [deepcache branches]} (export(cache=...))
+        self.cache = parse_export_cache(cache, plan.family)
+        if self.cache and self.dtype != "fp32":
+            raise ExportError("--cache graphs are exported in fp32 only for now (drop --dtype fp16)")
 
     def components(self) -> Iterator[ComponentSpec]:
         plan = self.plan
@@ -470,14 +480,26 @@ class ImageExporter(DiffusersExporter):
         else:
             text_length = self.max_length("tokenizer" if plan.has("tokenizer") else "tokenizer_2")
         pooled = self.info.get("text_encoder_2", {}).get("pooled_size")
-        yield build_denoiser(plan, text_length=text_length, pooled_size=pooled)
+        den = build_denoiser(plan, text_length=text_length, pooled_size=pooled)
+        if "deepcache" in self.cache:
+            yield from deepcache_components(den, den.module.model, self.cache["deepcache"], self.parity_dims)
+        else:
+            model = den.module.model
+            yield den
+            if "first_block" in self.cache:
+                yield from first_block_components(den, model)
         dec, enc = build_vae(plan)
         yield dec
         yield enc
 
     def config(self) -> dict[str, Any]:
         assert self.scheduler is not None
-        return pipeline_config(self.plan, self.info, self.manifest["tokenizers"], self.scheduler)
+        cfg = pipeline_config(self.plan, self.info, self.manifest["tokenizers"], self.scheduler)
+        if "deepcache" in self.cache:
+            cfg["step_cache"] = {"deepcache": deepcache_record(self.cache["deepcache"])}
+        if "first_block" in self.cache:
+            cfg["step_cache"] = {"first_block": dict(FIRST_BLOCK_RECORD)}
+        return cfg
 
 
 def plan_pipeline(root: str) -> PipelinePlan:

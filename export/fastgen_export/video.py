@@ -29,6 +29,7 @@ from fastgen.errors import ExportError
 from .diffusion import (DiffusersExporter, PipelinePlan, build_text_encoder, build_vae, load_model,
                         pipeline_config, prediction_type)
 from .sources import read_json
+from .step_cache import deepcache_components, deepcache_record, parse_export_cache
 from .spec import ComponentSpec, TensorSpec
 
 __all__ = ["VIDEO_PIPELINES", "AnimateDiffExporter", "SVDExporter", "build_motion_unet",
@@ -172,14 +173,19 @@ class AnimateDiffExporter(DiffusersExporter):
     FAMILY_COMPONENTS = {"sd": (("text_encoder", "tokenizer", "unet", "vae", "scheduler"), ())}
     EXPECTED_CLASSES = {"text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
                         "unet": ("UNetMotionModel",), "vae": ("AutoencoderKL",)}
-    EXTRA_OPTIONS = ("fifo_unet",)
+    EXTRA_OPTIONS = ("fifo_unet", "cache")
 
-    def __init__(self, plan: PipelinePlan, *, source_id: str, fifo_unet: bool = True, **options: Any):
+    def __init__(self, plan: PipelinePlan, *, source_id: str, fifo_unet: bool = True, cache: Any = None,
+                 **options: Any):
         super().__init__(plan, source_id=source_id, **options)
         if not isinstance(fifo_unet, bool):
             raise ExportError(f"fifo_unet must be True or False, got {fifo_unet!r}")
         #: also export ``unet_fifo`` (per-frame timesteps, for long_video="fifo"): export(fifo_unet=...)
         self.per_frame_timestep = fifo_unet
+        #: DeepCache graphs for the motion UNet (export(cache="deepcache[:branch=N]"))
+        self.cache = parse_export_cache(cache, plan.family)
+        if self.cache and self.dtype != "fp32":
+            raise ExportError("--cache graphs are exported in fp32 only for now (drop --dtype fp16)")
 
     def prepare(self) -> None:
         super().prepare()
@@ -193,7 +199,11 @@ class AnimateDiffExporter(DiffusersExporter):
     def components(self) -> Iterator[ComponentSpec]:
         length = self.max_length("tokenizer")
         yield build_text_encoder(self.plan, "text_encoder", length)
-        yield build_motion_unet(self.plan, text_length=length)
+        unet = build_motion_unet(self.plan, text_length=length)
+        if "deepcache" in self.cache:
+            yield from deepcache_components(unet, unet.module.model, self.cache["deepcache"], self.parity_dims)
+        else:
+            yield unet
         if self.per_frame_timestep:
             yield build_motion_unet_per_frame(self.plan, text_length=length)
         dec, _enc = build_vae(self.plan)
@@ -207,6 +217,8 @@ class AnimateDiffExporter(DiffusersExporter):
         cfg["default_num_frames"] = min(16, cfg["motion_max_seq_length"])
         cfg["frames_layout"] = "BCFHW"
         cfg["per_frame_timestep"] = "unet_fifo" in self.info
+        if "deepcache" in self.cache:
+            cfg["step_cache"] = {"deepcache": deepcache_record(self.cache["deepcache"])}
         return cfg
 
 

@@ -501,10 +501,13 @@ class EvalReport:
         """A short text report: per-item rows (the lowest PSNR first when there are more than ``max_rows``),
         then the summary."""
         acc = self.accuracy is not None
+        steps = f"{self.call['num_inference_steps']} steps, guidance {self.call['guidance_scale']:g}"
+        if "b" in self.call:  # the sides' options differ: name each side's
+            b = self.call["b"]
+            steps = f"A {steps}; B {b['num_inference_steps']} steps, guidance {b['guidance_scale']:g}"
         lines = [f"A  {self.a['engine']}: {self.a['describe']}", f"B  {self.b['engine']}: {self.b['describe']}",
                  f"{len(self.items)} images ({_n(self.call['prompts'], 'prompt')} x {_n(len(self.call['seeds']), 'seed')}), "
-                 f"{self.call['num_inference_steps']} steps, guidance {self.call['guidance_scale']:g}, "
-                 f"{self.call['width']}x{self.call['height']}", ""]
+                 f"{steps}, {self.call['width']}x{self.call['height']}", ""]
         rows = list(range(len(self.items)))
         head = ""
         if len(rows) > max_rows:

@@ -131,3 +131,24 @@ def postprocess(decoded: np.ndarray) -> np.ndarray:
 def to_pil(images: np.ndarray) -> list[Image.Image]:
     u8 = (images * 255).round().astype(np.uint8)
     return [Image.fromarray(im[:, :, 0], "L") if im.shape[2] == 1 else Image.fromarray(im) for im in u8]
+
+
+def generation_info(pipe, req, seed: int) -> dict:
+    """What made an image (the PNG text chunks of `fastgen generate` and `fastgen serve` alike): the
+    request's first prompt and negative prompt, seed, steps, guidance, scheduler, engine and step cache."""
+    cache = getattr(req, "cache", None)
+    return {"prompt": req.prompts[0], "negative_prompt": (req.negative_prompts or ("",))[0], "seed": seed,
+            "steps": req.num_inference_steps, "guidance_scale": req.guidance_scale,
+            "scheduler": req.scheduler or pipe.scheduler_config.get("_class_name", ""),
+            "engine": os.path.basename(os.path.normpath(str(pipe.engine_dir))), "generator": "fastgen",
+            "cache": "off" if cache is None else cache.describe()}
+
+
+def png_info(info: dict):
+    """``generation_info`` as PNG text chunks: ``prompt`` and ``fastgen:<key>`` for the others."""
+    from PIL import PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    for k, v in info.items():
+        meta.add_text(f"fastgen:{k}" if k != "prompt" else "prompt", str(v))
+    return meta

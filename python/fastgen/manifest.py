@@ -233,6 +233,14 @@ DIFFUSION = {
     "default_steps": S.Int(1, 1000),
     "default_guidance_scale": S.Num(0),
     "vae_sample_size": S.Int(1, MAX_SIZE),  # the VAE's config.sample_size: its tile size for vae_tiling
+    # step-cache kinds the export added graphs for (fastgen export --cache); absent: none
+    "step_cache": S.Obj({
+        "deepcache": S.Obj({"branches": S.Map(S.Obj({"component": S.Str(max_len=256, required=True),
+                                                     "feature": S.Str(max_len=256, required=True)}),
+                                              max_items=64, required=True)}),
+        "first_block": S.Obj({"head": S.Str(max_len=256, required=True), "body": S.Str(max_len=256, required=True),
+                              "out": S.Str(max_len=256, required=True)}),
+    }),
 }
 SDXL = {
     "addition_time_embed_dim": S.Int(1, MAX_DIM),

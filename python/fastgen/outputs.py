@@ -72,6 +72,9 @@ class ImageOutput(Output):
 
     images: Any
     seed: int | None = None
+    #: step caching (``cache=``): kind, setting, steps, full_steps / cached_steps (0-based), full_calls;
+    #: None when off
+    cache_stats: dict | None = None
 
 
 PipelineOutput = ImageOutput  # the name of earlier releases
@@ -84,6 +87,7 @@ class VideoOutput(Output):
 
     frames: Any
     seed: int | None = None
+    cache_stats: dict | None = None  # as ImageOutput.cache_stats
 
 
 @dataclass

@@ -7,7 +7,8 @@ the server make their requests with the same ``validate``. Requests are frozen; 
 makes a variant (the result is not re-validated).
 
 Defaults shared by every task: ``seed=None`` draws a random seed (recorded in the request and the
-output); ``num_inference_steps`` / ``guidance_scale`` default to the engine's (``fastgen info``).
+output); ``num_inference_steps`` / ``guidance_scale`` default to the engine's (``fastgen info``); ``cache=None``
+(step caching off; see :mod:`fastgen.cache`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class TextDiffusionRequest:
     eta: float
     output_type: str
     callback: Any = field(repr=False)
+    #: step caching (fastgen.cache.CacheSpec) or None: off, the default
+    cache: Any = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)

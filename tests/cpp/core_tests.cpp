@@ -17,6 +17,7 @@
 #include "common.h"
 #include "random/philox.h"
 #include "sampling/loop.h"
+#include "sampling/step_cache.h"
 #include "schedulers/scheduler.h"
 #include "text/search.h"
 #include "video/frames.h"
@@ -431,6 +432,37 @@ void test_scheduler_guard() {
 
 }  // namespace
 
+// ------------------------------------------------------------------------------------- step cache
+
+void test_step_cache() {
+  // DeepCache: uniform every interval-th step; the non-uniform schedule as the deepcache package computes it
+  CHECK((deepcache_full_steps(10, 3, true, 1.4, 15) == std::vector<int>{0, 3, 6, 9}));
+  CHECK((deepcache_full_steps(20, 3, false, 1.3, 5) == std::vector<int>{0, 3, 5, 7, 9, 13, 16}));
+  CHECK_THROWS(ArgumentError, deepcache_full_steps(10, 0, true, 1.4, 15));
+  // First-Block Cache: relative L1 against the residual of the last full step
+  FirstBlockCache fbc(0.1);
+  std::vector<float> r(8, 1.0f), r2(8, 1.05f), r3(8, 1.2f);
+  CHECK(fbc.should_compute(r.data(), r.size()));
+  CHECK(!fbc.should_compute(r2.data(), r2.size()));
+  CHECK(fbc.should_compute(r3.data(), r3.size()));
+  CHECK_THROWS(ArgumentError, FirstBlockCache(std::nan("")));
+  // TaylorSeer: a line is extrapolated exactly with order 1
+  TaylorSeer ts(2, 2, -1, 1);
+  std::vector<bool> full;
+  for (int step = 0; step < 6; ++step) {
+    const bool f = ts.next_step();
+    full.push_back(f);
+    std::vector<float> x(3, 2.0f * static_cast<float>(step) + 1.0f), y(3);
+    if (f) {
+      ts.update(x.data(), x.size());
+    } else {
+      ts.predict(y.data(), y.size());
+      CHECK(std::fabs(y[0] - x[0]) < 1e-6f);
+    }
+  }
+  CHECK((full == std::vector<bool>{true, true, false, true, false, true}));
+}
+
 int main() {
   const std::vector<std::pair<const char*, void (*)()>> tests = {
       {"philox", test_philox},
@@ -441,6 +473,7 @@ int main() {
       {"frame_ring", test_frame_ring},
       {"use_flag", test_use_flag},
       {"scheduler_guard", test_scheduler_guard},
+      {"step_cache", test_step_cache},
   };
   for (const auto& [name, fn] : tests) {
     const int before = failures;

@@ -116,7 +116,14 @@ class OrtSession(Session):
         self.device = device
         _check_model_file(path, name)
         if providers is None:
-            providers = default_providers(device)
+            try:
+                providers = default_providers(device)
+            except BackendError as e:  # the CPU wheel: no CUDA provider at all
+                if not (device == "cuda" and cpu_fallback):
+                    raise
+                warnings.warn(f"component {name!r}: {e}; running on the CPU (cpu_fallback=True)", RuntimeWarning,
+                              stacklevel=2)
+                providers = default_providers("cpu")
         opts = session_options
         if opts is None:
             opts = ort.SessionOptions()

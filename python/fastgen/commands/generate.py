@@ -28,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", default=None, help="mask image (white = repaint): inpainting; needs --image")
     p.add_argument("--strength", type=float, default=None)
     p.add_argument("-n", "--num-images", type=int, default=1)
+    p.add_argument("--cache", default=None, metavar="KIND[:key=value,...]",
+                   help="step caching: deepcache[:interval=3,branch=0,uniform=true] (engines exported with "
+                        "--cache deepcache), first_block[:threshold=0.05] (SD3, --cache first_block), taylorseer[:interval=5,warmup=3] (SD3); "
+                        "default off")
     add_backend_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # --- video engines (issue 9) ---
@@ -67,16 +71,8 @@ def _step_callback(bar):
     return cb
 
 
-def _png_info(info: dict):
-    from PIL import PngImagePlugin
-
-    meta = PngImagePlugin.PngInfo()
-    for k, v in info.items():
-        meta.add_text(f"fastgen:{k}" if k != "prompt" else "prompt", str(v))
-    return meta
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..image import generation_info, png_info
     from ..pipelines import Pipeline
     from ..video_io import ensure_parent
 
@@ -98,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     req = pipe.validate(prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
                         guidance_scale=args.guidance, height=args.height, width=args.width,
                         num_images_per_prompt=args.num_images, seed=args.seed, scheduler=args.scheduler,
-                        image=args.image, mask_image=args.mask, strength=args.strength)
+                        image=args.image, mask_image=args.mask, strength=args.strength, cache=args.cache)
     root, ext = os.path.splitext(args.output)
     n = req.batch
     paths = [args.output] if n == 1 else [f"{root}-{i}{ext or '.png'}" for i in range(n)]
@@ -111,10 +107,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    meta = _png_info({"prompt": prompt, "negative_prompt": args.negative or "", "seed": out.seed,
-                      "steps": req.num_inference_steps, "guidance_scale": req.guidance_scale,
-                      "scheduler": args.scheduler or pipe.scheduler_config.get("_class_name", ""),
-                      "engine": os.path.basename(pipe.engine_dir), "generator": "fastgen"})
+    meta = png_info(generation_info(pipe, req, out.seed))
     for im, path in zip(out.images, paths):
         try:
             im.save(path, pnginfo=meta)
@@ -123,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t0
     for path in paths:
         print(path)
+    if out.cache_stats is not None:
+        print(f"cache {out.cache_stats['setting']}: {out.cache_stats['full_calls']} of {out.cache_stats['steps']} "
+              "steps in full", file=sys.stderr)
     print(f"seed {out.seed}, {steps_run} steps, {total:.2f}s total "
           f"({out.timings.get('total', 0):.2f}s generating)", file=sys.stderr)
     return 0
@@ -158,7 +154,7 @@ def _run_video(args: argparse.Namespace, pipe, prompt: str, t0: float) -> int:
               guidance_scale=args.guidance, height=args.height, width=args.width, seed=args.seed,
               context_length=args.context_length, context_stride=args.context_stride,
               decode_chunk_size=args.decode_chunk_size, negative_prompt=args.negative, scheduler=args.scheduler,
-              long_video=args.long_video)
+              long_video=args.long_video, cache=args.cache)
     req = pipe.validate(prompt, **kw)  # checked before the progress bar and the writer start
     frames, steps = req.num_frames, req.num_inference_steps
     windows = pipe.num_windows(frames, req.context_length, req.context_stride)

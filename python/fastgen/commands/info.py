@@ -45,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
               "default_width", "max_size"):
         if k in m.config:
             print(f"{k:18s} {m.config[k]}")
+    if "vae_scale_factor" in m.config and "latent_channels" in m.config:  # the sizes `validate` accepts
+        from ..pipelines.stages import ImageGeometry
+
+        g = ImageGeometry(m.config)
+        print(f"{'sizes':18s} multiples of {g.multiple} in [{g.min_size}, {g.max_size}] per side, "
+              f"at most {g.max_pixels} pixels")
     for name, v in (m.data.get("variants") or {}).items():
         comps = ", ".join(v.get("components") or {}) if isinstance(v, dict) else "?"
         print(f"variant    {name}: {v.get('backend', '?')} {v.get('method', '?')} ({comps}); "

@@ -25,8 +25,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
     p.add_argument("--sizes", default=None, help="allowed sizes, comma separated (e.g. 512x512,768x512)")
     p.add_argument("--max-images", type=int, default=8, help="most images (n) per request")
+    p.add_argument("--max-steps", type=int, default=150, help="most denoising steps per request")
     p.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' on /v1/* (or set ${API_KEY_ENV})")
+                   help=f"require 'Authorization: Bearer KEY' on every route but /healthz, /readyz, the API "
+                        f"reference and /v1/files/ links (or set ${API_KEY_ENV})")
+    p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN (repeatable); no CORS headers without it")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body, MiB (413 above)")
+    p.add_argument("--max-buffered-mb", type=float, default=128.0,
+                   help="request bodies held at once, all clients together, MiB (503 above)")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds to receive a request's headers")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a request's body (408)")
+    p.add_argument("--file-ttl", type=float, default=600.0,
+                   help="seconds a response_format=url file stays under /v1/files/")
+    p.add_argument("--variation-strength", type=float, default=0.7,
+                   help="img2img strength of /v1/images/variations when the request gives none")
     add_backend_arguments(p)
     p.add_argument("--ray", action="store_true", help="serve with Ray Serve (pip install \"fastgen[ray]\")")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
@@ -50,18 +63,26 @@ def check_bind(host: str, api_key: str | None) -> None:
             f"Give --api-key KEY (or set {API_KEY_ENV}), or bind to 127.0.0.1")
 
 
-def parse_engines(items: list[str]) -> dict[str, str] | list[str]:
-    named = {}
+def parse_engines(items: list[str]) -> dict[str, str]:
+    """NAME=DIR names an engine; a plain DIR (or ``demo``) is named after its folder (``sd15-2`` for a
+    second ``sd15``), so ``fastgen serve demo ./sd15`` serves ``demo`` and ``sd15``."""
+    named: dict[str, str] = {}
     plain = []
     for it in items:
         if "=" in it and not os.path.exists(it):
             name, path = it.split("=", 1)
+            if name in named:
+                raise InvalidArgumentError(f"two engines are named {name!r}")
             named[name] = path
         else:
             plain.append(it)
-    if named and plain:
-        raise InvalidArgumentError("name every engine (NAME=DIR) or none")
-    return named or plain
+    for path in plain:
+        base = os.path.basename(os.path.normpath(path)) or "engine"
+        name, i = base, 2
+        while name in named:
+            name, i = f"{base}-{i}", i + 1
+        named[name] = path
+    return named
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,23 +93,37 @@ def run(args: argparse.Namespace) -> int:
     for name in ("max_batch", "max_queue", "workers", "replicas", "max_images"):
         if getattr(args, name) < 1:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("max_steps",):
+        if getattr(args, name) < 1:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_wait_ms < 0 or args.timeout <= 0:
         raise InvalidArgumentError("--max-wait-ms must be >= 0 and --timeout > 0")
+    for name in ("max_body_mb", "max_buffered_mb", "header_timeout", "body_timeout", "file_ttl"):
+        if not getattr(args, name) > 0:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be > 0")
+    if not 0 < args.variation_strength <= 1:
+        raise InvalidArgumentError("--variation-strength must be in (0, 1]")
     engines = parse_engines(args.engines)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()] if args.sizes else None
     opts = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                 workers=args.workers, api_key=api_key, timeout_s=args.timeout, sizes=sizes,
-                max_images=args.max_images, **load_options(args))
-    if args.ray:
+                max_images=args.max_images, max_steps=args.max_steps, variation_strength=args.variation_strength,
+                **load_options(args))
+    app_opts = dict(cors_origins=args.cors_origin, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                    max_buffered_bytes=int(args.max_buffered_mb * (1 << 20)), body_timeout_s=args.body_timeout)
+    if args.ray:  # Ray's own HTTP proxy receives the requests: --header-timeout does not apply there
         from ..serve.ray import run_ray
 
-        return run_ray(engines, host=args.host, port=args.port, replicas=args.replicas, **opts)
+        return run_ray(engines, host=args.host, port=args.port, replicas=args.replicas, app_opts=app_opts, **opts)
     try:
-        import uvicorn
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError as e:
         raise UnsupportedError('serving needs the "serve" extra: pip install "fastgen[serve]"') from e
     from ..serve import create_app
+    from ..serve.server import make_server
 
-    app = create_app(engines, **opts)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+    app = create_app(engines, file_ttl_s=args.file_ttl, **app_opts, **opts)
+    make_server(app, args.host, args.port, header_timeout_s=args.header_timeout, log_level=args.log_level,
+                timeout_graceful_shutdown=30).run()
     return 0

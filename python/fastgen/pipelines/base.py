@@ -13,6 +13,7 @@ collection); a re-exported engine (new fastgen.json) gets new sessions.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -121,6 +122,22 @@ def cached_engines() -> int:
         return len(_COMPONENTS)
 
 
+def _shape_checked(validate):
+    """Wrap a pipeline's ``validate`` so that a call of the wrong shape (too many positionals, a keyword given
+    twice) raises InvalidArgumentError like every other bad argument, not Python's TypeError."""
+    sig = inspect.signature(validate)
+
+    @functools.wraps(validate)
+    def checked(self, *args, **kwargs):
+        try:
+            sig.bind(self, *args, **kwargs)
+        except TypeError as e:
+            raise InvalidArgumentError(f"{type(self).__name__}: {e}") from None
+        return validate(self, *args, **kwargs)
+
+    return checked
+
+
 class Pipeline(ABC):
     """Base of every task pipeline. Use ``Pipeline.load(engine_dir)``."""
 
@@ -182,16 +199,13 @@ class Pipeline(ABC):
             valid = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD} | set(accepted)
             check_keywords(f"{type(self).__name__}", unknown, valid)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "validate" in cls.__dict__ and not getattr(cls.__dict__["validate"], "__isabstractmethod__", False):
+            cls.validate = _shape_checked(cls.__dict__["validate"])
+
     def __call__(self, *args, **kwargs):
-        try:
-            request = self.validate(*args, **kwargs)
-        except TypeError as e:  # Python's own complaint about the call's shape (too many positionals, ...)
-            try:
-                inspect.signature(self.validate).bind(*args, **kwargs)
-            except TypeError:
-                raise InvalidArgumentError(f"{type(self).__name__}(): {e}") from None
-            raise
-        return self.run(request)
+        return self.run(self.validate(*args, **kwargs))
 
     # ---------------------------------------------------------------- components
     @property

@@ -17,12 +17,14 @@ import numpy as np
 from .. import image as imgproc
 from .._args import (check_bool, check_callable, check_choice, check_float,
                      check_seed, check_array)
+from ..cache import check_cache
 from ..errors import InvalidArgumentError, ManifestError
 from ..outputs import ImageOutput, Timer
 from ..requests import ImageRequest
 from ..sampling import randn, sample_loop
 from ..schedulers import Scheduler
 from .base import Components, Pipeline
+from .step_cache import make_runner
 from .stages import (ImageGeometry, check_prompt_batch, check_steps_guidance, SD3PromptEncoder, SDPromptEncoder, SDXLPromptEncoder, Schedulers,
                      TextEncoders, Vae, tile_rows)
 
@@ -85,7 +87,7 @@ class ImagePipeline(Pipeline):
     def validate(self, prompt=None, *, negative_prompt=None, num_inference_steps=None, guidance_scale=None,
                  height=None, width=None, num_images_per_prompt=1, seed=None, latents=None, scheduler=None,
                  guidance_rescale=0.0, output_type="pil", callback=None, eta=0.0, image=None, mask_image=None,
-                 strength=None, vae_tiling=False, **family_kwargs) -> ImageRequest:
+                 strength=None, vae_tiling=False, cache=None, **family_kwargs) -> ImageRequest:
         """Check a call's arguments against this engine and return the complete request."""
         self.refuse_unknown(family_kwargs, self.prompt_encoder.keywords)
         extra = {k: self.prompt_encoder.keywords[k](k, v) for k, v in family_kwargs.items() if v is not None}
@@ -126,7 +128,7 @@ class ImagePipeline(Pipeline):
             eta=check_float("eta", eta, 0.0), output_type=check_choice("output_type", output_type, OUTPUT_TYPES),
             callback=check_callable("callback", callback, "callback(step, timestep, latents) -> bool | None"),
             images=images, masks=masks, strength=strength, extra=extra,
-            vae_tiling=check_bool("vae_tiling", vae_tiling))
+            vae_tiling=check_bool("vae_tiling", vae_tiling), cache=check_cache(cache, self.manifest))
         if mode != "text2img" and self.denoising_steps(req) < 1:
             raise InvalidArgumentError(f"strength {strength} with {steps} steps leaves no denoising step")
         return req
@@ -211,17 +213,24 @@ class ImagePipeline(Pipeline):
             with timer.stage("vae_encode"):
                 x, post_step, extra_inputs = self._image_latents(req, sched, lat_shape, cfg)
 
-        net = self.session(self._family.denoiser)
         sample_name = self._family.sample_input
         unet_time, calls = [0.0], [0]
+        runner = None if req.cache is None else make_runner(req.cache, self.manifest, self.session,
+                                                             self._family.denoiser, len(sched.timesteps) - begin)
+        if runner is None:
+            net = self.session(self._family.denoiser)
+
+            def call_net(inputs: dict) -> np.ndarray:
+                return net.run(inputs, ["noise_pred"])["noise_pred"]
+        else:
+            call_net = runner
 
         def denoise(xin: np.ndarray, t: float) -> np.ndarray:
             calls[0] += 1
             if extra_inputs:
                 xin = np.concatenate([xin, extra_inputs["mask"], extra_inputs["masked_image_latents"]], axis=1)
             t1 = time.perf_counter()
-            out = net.run({sample_name: xin, "timestep": np.full((xin.shape[0],), t, np.float32), **cond.arrays},
-                          ["noise_pred"])["noise_pred"]
+            out = call_net({sample_name: xin, "timestep": np.full((xin.shape[0],), t, np.float32), **cond.arrays})
             unet_time[0] += time.perf_counter() - t1
             return out if out.dtype == np.float32 else out.astype(np.float32)
 
@@ -245,7 +254,8 @@ class ImagePipeline(Pipeline):
             with timer.stage("vae_decode"):
                 arr = self.vae.decode(x, tiling=req.vae_tiling)
             images = arr if req.output_type == "np" else imgproc.to_pil(arr)
-        return ImageOutput(images=images, seed=req.seed, timings=timer.finish())
+        return ImageOutput(images=images, seed=req.seed, timings=timer.finish(),
+                           cache_stats=None if runner is None else runner.stats())
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents -> NHWC float32 images in [0, 1]."""

@@ -24,11 +24,13 @@ import numpy as np
 from .. import _core
 from .. import image as imgproc
 from .._args import check_array, check_callable, check_choice, check_float, check_int, check_seed
+from ..cache import check_cache
 from ..errors import InvalidArgumentError, ManifestError, UnsupportedError
 from ..outputs import Timer, VideoOutput
 from ..requests import VideoRequest
 from ..sampling import randn
 from .base import Components, Pipeline
+from .step_cache import make_runner
 from .stages import (ImageGeometry, Schedulers, SDPromptEncoder, TextEncoders, Vae, check_prompt_batch,
                      check_steps_guidance)
 
@@ -76,12 +78,13 @@ class TextToVideoPipeline(Pipeline):
                  width=None, seed=None, latents=None, output_type="np", context_length=None, context_stride=4,
                  decode_chunk_size=8, negative_prompt=None, callback=None, num_videos_per_prompt=1,
                  scheduler=None, guidance_rescale=0.0, eta=0.0, context_weighting="pyramid", window_callback=None,
-                 long_video=None, **unknown) -> VideoRequest:
+                 long_video=None, cache=None, **unknown) -> VideoRequest:
         """Check a call's arguments against this engine and return the complete request.
 
         ``long_video``: None or "context" (overlapping context windows), or "fifo" (FIFO-Diffusion
         diagonal denoising over the exported per-frame-timestep UNet)."""
         self.refuse_unknown(unknown)
+        cache = check_cache(cache, self.manifest)
         prompts, negatives, n = check_prompt_batch(prompt, negative_prompt, "num_videos_per_prompt",
                                                    num_videos_per_prompt, MAX_VIDEOS_PER_CALL)
         frames = check_int("num_frames", num_frames, 1, MAX_FRAMES)
@@ -118,6 +121,9 @@ class TextToVideoPipeline(Pipeline):
             if latents is not None:
                 raise InvalidArgumentError("latents= is not supported with long_video='fifo' (the queue draws its "
                                            "noise from seed)")
+        if cache is not None and (long_video == "fifo" or frames > ctx):
+            raise UnsupportedError("step caching (cache=) runs one context window per step: give num_frames <= "
+                                   f"context_length ({ctx}) and no long_video='fifo'")
         return VideoRequest(
             prompts=tuple(prompts), negative_prompts=None if negatives is None else tuple(negatives),
             num_frames=frames, num_inference_steps=steps, guidance_scale=g, height=h, width=w,
@@ -127,14 +133,16 @@ class TextToVideoPipeline(Pipeline):
             eta=check_float("eta", eta, 0.0), output_type=check_choice("output_type", output_type, VIDEO_OUTPUT_TYPES),
             callback=callback, window_callback=window_callback, context_length=ctx, context_stride=min(stride, ctx),
             context_weighting=check_choice("context_weighting", context_weighting, WEIGHTINGS),
-            decode_chunk_size=check_int("decode_chunk_size", decode_chunk_size, 1, 1 << 16), long_video=mode)
+            decode_chunk_size=check_int("decode_chunk_size", decode_chunk_size, 1, 1 << 16), long_video=mode,
+            cache=cache)
 
     # ------------------------------------------------------------------ running
     def run(self, req: VideoRequest) -> VideoOutput:
         if not isinstance(req, VideoRequest):
             raise InvalidArgumentError(f"run() takes the VideoRequest made by validate(), got {type(req).__name__}")
         timer = Timer()
-        x = self._denoise(req, timer)
+        stats: list = []
+        x = self._denoise(req, timer, stats)
         if req.output_type == "latent":
             frames: Any = x
         else:
@@ -142,7 +150,7 @@ class TextToVideoPipeline(Pipeline):
             for i, fr in enumerate(self._decode_iter(x, req, timer)):
                 arr[i // req.num_frames, i % req.num_frames] = fr
             frames = arr if req.output_type == "np" else [imgproc.to_pil(v) for v in arr]
-        return VideoOutput(frames=frames, seed=req.seed, timings=timer.finish())
+        return VideoOutput(frames=frames, seed=req.seed, timings=timer.finish(), cache_stats=stats[0] if stats else None)
 
     def iter_frames(self, prompt, **kwargs) -> Iterator[np.ndarray]:
         """Validate now; denoise on the first ``next()``, then yield the decoded frames (H, W, 3) float32
@@ -174,15 +182,17 @@ class TextToVideoPipeline(Pipeline):
                                        else list(req.negative_prompts), req.num_videos_per_prompt, cfg,
                                        {}).arrays["encoder_hidden_states"]
 
-    def _denoise(self, req: VideoRequest, timer: Timer) -> np.ndarray:
+    def _denoise(self, req: VideoRequest, timer: Timer, stats: list | None = None) -> np.ndarray:
+        """The denoised latents; with ``cache=`` the step-cache statistics are appended to ``stats``."""
         cfg = req.guidance_scale > 1.0
         ehs = self._encode(req, cfg, timer)
         if req.long_video == "fifo":
             return self._fifo(req, ehs, cfg, timer)
-        return self._windows(req, req.num_frames, req.context_stride, req.latents, req.callback, ehs, cfg, timer)
+        return self._windows(req, req.num_frames, req.context_stride, req.latents, req.callback, ehs, cfg, timer,
+                             stats)
 
     def _windows(self, req: VideoRequest, frames: int, stride: int, latents, callback, ehs, cfg: bool,
-                 timer: Timer) -> np.ndarray:
+                 timer: Timer, stats: list | None = None) -> np.ndarray:
         sched = self.schedulers.make(req.scheduler)
         sched.manual_seed(req.seed ^ 0x5EED)
         sched.set_timesteps(req.num_inference_steps)
@@ -190,15 +200,17 @@ class TextToVideoPipeline(Pipeline):
         shape = (req.batch, self.latent_channels, frames, lh, lw)
         noise = latents if latents is not None else randn(shape, req.seed)
         x = (noise * np.float32(sched.init_noise_sigma)).astype(np.float32)
-        net = self.session("unet")
+        runner = None if req.cache is None else make_runner(req.cache, self.manifest, self.session, "unet",
+                                                             len(sched.timesteps))  # one window per step
+        net = self.session("unet") if runner is None else None
         window_callback = req.window_callback
         unet_time, steps = [0.0], [0]
 
         def denoise(xin: np.ndarray, t: float, start: int) -> np.ndarray:
             steps[0] += start == 0  # every step's first window starts at frame 0
             t1 = time.perf_counter()
-            out = net.run({"sample": xin, "timestep": np.full((xin.shape[0],), t, np.float32),
-                           "encoder_hidden_states": ehs}, ["noise_pred"])["noise_pred"]
+            inputs = {"sample": xin, "timestep": np.full((xin.shape[0],), t, np.float32), "encoder_hidden_states": ehs}
+            out = net.run(inputs, ["noise_pred"])["noise_pred"] if runner is None else runner(inputs)
             unet_time[0] += time.perf_counter() - t1
             if window_callback is not None:
                 window_callback(int(start), float(t))
@@ -211,6 +223,8 @@ class TextToVideoPipeline(Pipeline):
         timer.add("denoise", unet_time[0])
         timer.add("loop_overhead", max(time.perf_counter() - t0 - unet_time[0], 0.0))
         timer.add("steps", steps[0])
+        if runner is not None and stats is not None:
+            stats.append(runner.stats())
         return x
 
     # ------------------------------------------------------------------ FIFO-Diffusion

@@ -1,6 +1,6 @@
 """`fastgen serve`: an HTTP service (OpenAI-compatible images API, dynamic batching, jobs, metrics).
 
-Needs the ``serve`` extra (``pip install "fastgen[serve]"``): starlette and uvicorn are imported
+Needs the ``serve`` extra (``pip install "fastgen[serve]"``): FastAPI and uvicorn are imported
 only here, and only when an app is created.
 
     from fastgen.serve import create_app
@@ -13,7 +13,7 @@ __all__ = ["create_app", "Service"]
 
 
 def create_app(engines, **kwargs):
-    """An ASGI (Starlette) app serving ``engines``; see ``fastgen.serve.app.create_app``."""
+    """An ASGI (FastAPI) app serving ``engines``; see ``fastgen.serve.app.create_app``."""
     try:
         from .app import create_app as _create_app
     except ImportError as e:  # pragma: no cover - depends on the environment

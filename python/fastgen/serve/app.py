@@ -1,253 +1,201 @@
-"""The HTTP API (Starlette): OpenAI-compatible images, full generation, captions, jobs, SSE, metrics."""
+"""The HTTP API (FastAPI): assembly of the endpoint modules, the system routes, errors and the guard.
+
+The OpenAPI schema (``/openapi.json``, pages at ``/docs`` and ``/redoc``) is the API reference.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import time
-from typing import Any
+from typing import Optional
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
 
-from .service import ApiError, Service, bad, error_for
+from . import captions, images, videos
+from .errors import ApiError, bad, error_for
+from .files import FileStore
+from .guard import Guard
+from .schemas import ERRORS, Job, ModelList
+from .service import Service
 
-
-def _json(data: Any, status: int = 200, headers: dict | None = None) -> Response:
-    return JSONResponse(data, status_code=status, headers=headers)
-
-
-async def _body(service: Service, request: Request) -> Any:
-    cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > service.max_body_bytes:
-        raise bad(f"request body larger than {service.max_body_bytes} bytes", 413)
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > service.max_body_bytes:
-            raise bad(f"request body larger than {service.max_body_bytes} bytes", 413)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad(f"the request body is not valid JSON: {e}") from None
+# routes that need no API key: liveness, readiness (without model names), the API reference, and the
+# file links of response_format="url" (capabilities: 128-bit random ids that expire)
+OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/", "/redoc", "/v1/files/")
 
 
-async def _until_disconnect(request: Request) -> None:
-    while True:
-        msg = await request.receive()
-        if msg.get("type") == "http.disconnect":
-            return
+def _error(e: ApiError, service: Service) -> JSONResponse:
+    service.metrics.errors.labels(type=e.type).inc()
+    return JSONResponse(e.body(), e.status, headers=e.headers)
 
 
-class ClientGone(Exception):
-    pass
+def _validation_message(errors) -> tuple[str, Optional[str]]:
+    parts, first = [], None
+    for err in errors[:5]:
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
+        name = ".".join(loc)
+        first = first or name or None
+        if err.get("type") == "missing":
+            parts.append(f"'{name}' is required")
+        elif err.get("type") == "extra_forbidden":
+            parts.append(f"unknown field '{name}'")
+        elif err.get("type") == "json_invalid":
+            parts.append(f"the request body is not valid JSON: {err.get('msg')}")
+        else:
+            parts.append(f"'{name}': {err.get('msg')}" if name else str(err.get("msg")))
+    return "; ".join(parts), first
+
+
+def system_router(service: Service) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/healthz", name="healthz", tags=["system"], summary="Liveness (no API key)")
+    async def healthz():
+        return {"status": "ok"}
+
+    @r.get("/readyz", name="readyz", tags=["system"], responses={503: {"description": "loading or shutting down"}},
+           summary="Readiness (no API key; model names only with the key, or when the server has none)")
+    async def readyz(request: Request):
+        if service.closing:
+            return JSONResponse({"status": "shutting down"}, 503)
+        if not service.ready.is_set():
+            return JSONResponse({"status": "loading", "error": service.load_error}, 503)
+        body = {"status": "ready"}
+        if service.authorized(request.headers):
+            body["models"] = list(service.engines)
+        return body
+
+    @r.get("/metrics", name="metrics", tags=["system"], response_class=Response, summary="Prometheus metrics")
+    async def metrics():
+        return Response(service.metrics.render(), media_type=service.metrics.CONTENT_TYPE)
+
+    @r.get("/v1/models", name="models", tags=["system"], response_model=ModelList, summary="Served engines")
+    async def models():
+        return {"object": "list", "data": [e.describe() for e in service.engines.values()]}
+
+    @r.get("/v1/jobs/{job_id}", name="jobs", tags=["jobs"], response_model=Job, responses=ERRORS,
+           summary="An async job: status, progress, and the answer once it succeeded")
+    async def job(job_id: str):
+        return service.jobs.get(job_id)
+
+    @r.delete("/v1/jobs/{job_id}", name="jobs_cancel", tags=["jobs"], response_model=Job, responses=ERRORS,
+              summary="Cancel a job (it stops within a denoising step)")
+    async def cancel_job(job_id: str):
+        work = service.jobs.work(job_id)
+        if work is not None:
+            service.cancel(work)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(work.future), 2.0)
+        return service.jobs.get(job_id)
+
+    @r.get("/v1/files/{file_id}", name="files", tags=["files"], response_class=Response,
+           responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}, "video/mp4": {},
+                                        "image/gif": {}}}, 404: ERRORS[404]},
+           summary="A generated file (response_format=url); expires after --file-ttl seconds")
+    async def file(file_id: str):
+        item = service.files.get(file_id)
+        if item is None:
+            raise bad(f"no file {file_id!r} (files expire after {service.files.ttl_s:g} s)", 404, "not_found_error",
+                      code="file_not_found")
+        return Response(item[1], media_type=item[0], headers={"Cache-Control": "private, max-age=60"})
+
+    return r
 
 
 def create_app(engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_queue: int = 64, workers: int = 1,
                api_key: str | None = None, timeout_s: float = 300.0, sizes: list[str] | None = None,
-               max_images: int = 8, batching: bool = True, warmup: bool = True, backend: str = "onnxruntime",
-               device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-               service: Service | None = None) -> Starlette:
+               max_images: int = 8, max_steps: int = 150, batching: bool = True, warmup: bool = True,
+               backend: str = "onnxruntime", device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+               cors_origins: list[str] | None = None, max_body_bytes: int = 32 << 20,
+               max_buffered_bytes: int = 128 << 20, body_timeout_s: float = 30.0, file_ttl_s: float = 600.0,
+               max_file_bytes: int = 256 << 20, variation_strength: float = 0.7,
+               service: Service | None = None) -> FastAPI:
     """An ASGI app serving ``engines`` ({name: engine_dir or Pipeline} or a list of engine dirs).
 
     ``app.state.service`` is the serving core (metrics, batcher, jobs); shutting the app down (ASGI
-    lifespan) drains the queue.
+    lifespan) drains the queue. No CORS headers unless ``cors_origins`` is given.
     """
     if service is None:
         service = Service(engines, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                           workers=workers, api_key=api_key, timeout_s=timeout_s, sizes=sizes, max_images=max_images,
-                          batching=batching, warmup=warmup, backend=backend, device=device,
-                          precision=precision, threads=threads)
-    m = service.metrics
-
-    def endpoint(name: str, auth: bool = True):
-        def deco(fn):
-            async def handler(request: Request) -> Response:
-                t0 = time.perf_counter()
-                try:
-                    if auth:
-                        service.check_auth(request.headers)
-                    resp = await fn(request)
-                except ClientGone:
-                    resp = Response(status_code=499)
-                except Exception as e:  # noqa: BLE001 - every request gets an answer
-                    err = error_for(e)
-                    m.errors.inc(type=err.type)
-                    resp = _json(err.body(), err.status, err.headers)
-                m.requests.inc(endpoint=name, code=resp.status_code)
-                if not isinstance(resp, StreamingResponse):
-                    m.stage.observe(time.perf_counter() - t0, engine="all", stage=f"request:{name}")
-                return resp
-            return handler
-        return deco
-
-    async def wait_result(work, request: Request) -> dict:
-        fut = asyncio.wrap_future(work.future)
-        gone = asyncio.ensure_future(_until_disconnect(request))
-        try:
-            done, _ = await asyncio.wait({fut, gone}, timeout=service.timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if fut in done:
-            return fut.result()
-        service.cancel(work)
-        fut.add_done_callback(lambda f: f.exception())  # retrieved: no "never retrieved" warnings
-        if gone in done:
-            raise ClientGone()
-        raise ApiError(504, "timeout_error", f"the request did not finish within {service.timeout_s:g} s")
-
-    def sse(work, request: Request, shape) -> StreamingResponse:
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-
-        def progress(step, total, preview=None):
-            data = {"step": step, "total": total}
-            if preview is not None:
-                data["preview"] = preview
-            loop.call_soon_threadsafe(q.put_nowait, ("progress", data))
-
-        work.progress = progress
-        service.submit(work)
-        work.future.add_done_callback(lambda f: loop.call_soon_threadsafe(q.put_nowait, ("done", None)))
-
-        def event(kind: str, data: dict) -> str:
-            return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
-
-        async def gen():
-            deadline = time.monotonic() + service.timeout_s
-            finished = False
-            try:
-                yield event("queued", {"model": work.engine})
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise asyncio.TimeoutError
-                    kind, data = await asyncio.wait_for(q.get(), left)
-                    if kind == "progress":
-                        yield event("progress", data)
-                    else:
-                        break
-                finished = True
-                exc = work.future.exception()
-                if exc is None:
-                    yield event("result", shape(work.future.result()))
-                else:
-                    err = error_for(exc)
-                    m.errors.inc(type=err.type)
-                    yield event("error", err.body())
-                yield "data: [DONE]\n\n"
-            except asyncio.TimeoutError:
-                m.errors.inc(type="timeout_error")
-                yield event("error", ApiError(504, "timeout_error", "the request timed out").body())
-            finally:
-                if not finished:  # client gone or timeout: stop the work
-                    service.cancel(work)
-
-        return StreamingResponse(gen(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    async def run_work(request: Request, work, opts, shape, endpoint_name: str) -> Response:
-        if opts.get("async"):
-            job = service.jobs.create(work, endpoint_name)
-            try:
-                service.submit(work)
-            except Exception:
-                service.jobs.discard(job["id"])
-                raise
-            return _json(job, 202)
-        if opts.get("stream"):
-            return sse(work, request, shape)
-        service.submit(work)
-        return _json(shape(await wait_result(work, request)))
-
-    @endpoint("healthz", auth=False)
-    async def healthz(request):
-        return _json({"status": "ok"})
-
-    @endpoint("readyz", auth=False)
-    async def readyz(request):
-        if service.closing:
-            return _json({"status": "shutting down"}, 503)
-        if not service.ready.is_set():
-            return _json({"status": "loading", "error": service.load_error}, 503)
-        return _json({"status": "ready", "models": list(service.engines)})
-
-    @endpoint("metrics", auth=False)
-    async def metrics(request):
-        return Response(m.render(), media_type=m.CONTENT_TYPE)
-
-    @endpoint("models")
-    async def models(request):
-        return _json({"object": "list", "data": [e.describe() for e in service.engines.values()]})
-
-    @endpoint("images")
-    async def images(request):
-        work, opts = service.parse_generate(await _body(service, request), openai=True)
-        return await run_work(request, work, opts, lambda r: service.images_response(r, work.engine), "images")
-
-    @endpoint("generate")
-    async def generate(request):
-        work, opts = service.parse_generate(await _body(service, request))
-
-        def shape(r):
-            out = service.images_response(r, work.engine)
-            out["batch"] = r["batch"]
-            out["timings"] = r["timings"]
-            return out
-
-        return await run_work(request, work, opts, shape, "generate")
-
-    @endpoint("captions")
-    async def captions(request):
-        work, opts = service.parse_caption(await _body(service, request))
-        return await run_work(request, work, opts,
-                              lambda r: {"created": int(time.time()), "model": work.engine,
-                                         "captions": r["captions"]}, "captions")
-
-    @endpoint("videos")
-    async def videos(request):
-        work, opts = service.parse_video(await _body(service, request))
-        return await run_work(request, work, opts, lambda r: r, "videos")
-
-    @endpoint("jobs")
-    async def job(request):
-        jid = request.path_params["job_id"]
-        if request.method == "DELETE":
-            work = service.jobs.work(jid)
-            if work is not None:
-                service.cancel(work)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.wrap_future(work.future), 2.0)
-            return _json(service.jobs.get(jid))
-        return _json(service.jobs.get(jid))
+                          max_steps=max_steps, batching=batching, warmup=warmup, backend=backend, device=device,
+                          precision=precision, threads=threads, variation_strength=variation_strength,
+                          files=FileStore(ttl_s=file_ttl_s, max_bytes=max_file_bytes))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         await asyncio.to_thread(service.close, True, service.timeout_s)
 
-    routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/images/generations", images, methods=["POST"]),
-        Route("/v1/generate", generate, methods=["POST"]),
-        Route("/v1/captions", captions, methods=["POST"]),
-        Route("/v1/videos", videos, methods=["POST"]),
-        Route("/v1/jobs/{job_id}", job, methods=["GET", "DELETE"]),
-    ]
-
-    async def not_found(request, exc):
-        status = getattr(exc, "status_code", 404)
-        typ = "not_found_error" if status == 404 else "invalid_request_error"
-        return _json({"error": {"message": f"{request.method} {request.url.path}: {getattr(exc, 'detail', '')}",
-                                "type": typ}}, status)
-
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    app = FastAPI(title="fastgen", version=_version(), lifespan=lifespan,
+                  description="Diffusion image / video generation and captioning. With `--api-key`, send "
+                              "`Authorization: Bearer KEY` on every route but " + ", ".join(OPEN_PATHS) + ".")
     app.state.service = service
+    routers = [m.router(service) for m in (images, captions, videos)] + [system_router(service)]
+    for r in routers:
+        app.include_router(r)
+    routes = [route for r in routers for route in r.routes]
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        return _error(exc, service)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        message, param = _validation_message(exc.errors())
+        return _error(ApiError(400, "invalid_request_error", message, code="invalid_argument", param=param), service)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        typ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return _error(ApiError(exc.status_code, typ, f"{request.method} {request.url.path}: {exc.detail}",
+                               code=typ), service)
+
+    @app.exception_handler(Exception)
+    async def internal(request, exc: Exception):
+        return _error(error_for(exc), service)
+
+    if service.api_key is not None:
+        _document_key(app)
+    post_types = {}
+    for route in routes:
+        if "POST" in getattr(route, "methods", ()):
+            multipart = route.path in ("/v1/images/edits", "/v1/images/variations")
+            post_types[route.path] = "multipart/form-data" if multipart else "application/json"
+    app.add_middleware(Guard, service=service, routes=routes, post_types=post_types, open_paths=OPEN_PATHS,
+                       max_body_bytes=max_body_bytes, max_buffered_bytes=max_buffered_bytes,
+                       body_timeout_s=body_timeout_s)
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key"])
     return app
+
+
+def _document_key(app: FastAPI) -> None:
+    """The schema says which operations need ``Authorization: Bearer KEY`` (the guard enforces it)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, ops in schema["paths"].items():
+                if not any(path == p or (p.endswith("/") and path.startswith(p)) for p in OPEN_PATHS):
+                    for op in ops.values():
+                        op["security"] = [{"bearer": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _version() -> str:
+    try:
+        from .. import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "0"

@@ -1,6 +1,6 @@
 """Scale-out with Ray Serve: replicas each holding the engines' pipelines, batching with ``@serve.batch``.
 
-The HTTP API is the same as ``fastgen serve`` (the same Starlette app runs as each replica's ingress);
+The HTTP API is the same as ``fastgen serve`` (the same FastAPI app runs as each replica's ingress);
 only the batching differs: Ray Serve's ``@serve.batch`` collects concurrent requests of a replica, and
 the batch is split into groups of compatible requests (same engine, size, steps, scheduler, guidance),
 each run as one network call with per-request seeds, exactly as the in-process batcher does.
@@ -23,7 +23,8 @@ import time
 from ray import serve
 
 from .batching import QueueFullError, ShuttingDownError, Work
-from .service import Service, error_for
+from .errors import error_for
+from .service import Service
 
 
 class RayService(Service):
@@ -41,15 +42,15 @@ class RayService(Service):
         if self.closing:
             raise error_for(ShuttingDownError("the server is shutting down"))
         if self._queued >= self.max_queue:
-            self.metrics.rejected.inc(engine=work.engine)
+            self.metrics.rejected.labels(engine=work.engine).inc()
             raise error_for(QueueFullError(f"the queue is full ({self.max_queue} requests waiting); retry later"))
         self._queued += 1
-        self.metrics.queue_depth.inc(engine=work.engine)
+        self.metrics.queue_depth.labels(engine=work.engine).inc()
         task = asyncio.get_running_loop().create_task(self._batch_fn(work))
 
         def done(t: asyncio.Task) -> None:
             self._queued -= 1
-            self.metrics.queue_depth.dec(engine=work.engine)
+            self.metrics.queue_depth.labels(engine=work.engine).dec()
             if work.future.done():
                 return
             if t.cancelled():
@@ -65,7 +66,7 @@ class RayService(Service):
 
     def cancel(self, work: Work) -> None:
         if not work.future.done():
-            self.metrics.cancelled.inc(engine=work.engine)
+            self.metrics.cancelled.labels(engine=work.engine).inc()
         work.cancel()
 
     def close(self, drain: bool = True, timeout: float = 60.0) -> bool:
@@ -106,9 +107,10 @@ class RayService(Service):
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 @serve.ingress()
 class FastgenDeployment:
-    """A replica: the engines' pipelines, a RayService and the Starlette app as its HTTP ingress."""
+    """A replica: the engines' pipelines, a RayService and the FastAPI app as its HTTP ingress."""
 
-    def __init__(self, engines, **opts):
+    def __init__(self, engines, app_opts: dict | None = None, **opts):
+        self.app_opts = dict(app_opts or {})  # create_app's HTTP options: CORS, body caps and time limit
         mb = int(opts.get("max_batch", 4)) if opts.get("batching", True) else 1
         self._set_batching(mb, float(opts.get("max_wait_ms", 10.0)))
         self.service = RayService(engines, self.batched, **opts)
@@ -127,7 +129,7 @@ class FastgenDeployment:
     def __serve_build_asgi_app__(self):
         from .app import create_app
 
-        return create_app(None, service=self.service)
+        return create_app(None, service=self.service, **self.app_opts)
 
 
 def _abs_engines(engines):
