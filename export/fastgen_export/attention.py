@@ -2,9 +2,8 @@
 default) or ``"mha"`` (one ONNX Runtime ``com.microsoft.MultiHeadAttention`` contrib node per attention).
 
 The fused node never materialises the [batch, heads, queries, keys] score tensor: on the SD 1.5-architecture
-UNet (half width, batch 2) at 512 px ONNX Runtime's CPU call is 1.18x faster and its peak RSS 3.4x lower;
-OpenVINO's ONNX frontend reads it too (1.17x at 512 px; at 256 px neither backend gains;
-benchmarks/attention.py). TensorRT's ONNX parser has no contrib ops, hence the option (``fastgen build-trt``
+UNet (half width, batch 2) at 512 px ONNX Runtime's CPU call is 1.15-1.18x faster and its peak RSS 3.1-3.4x
+lower. OpenVINO's ONNX frontend reads it too, without a clear gain (benchmarks/attention.py). TensorRT's ONNX parser has no contrib ops, hence the option (``fastgen build-trt``
 refuses such an engine).
 
 :func:`fused_attention` routes, while a component is traced, every plain call of
