@@ -68,7 +68,8 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32
         attention: how the attention of the denoiser (UNet / transformer) and the VAE is written: "sdpa"
             (default: ONNX-standard MatMul / Softmax / MatMul, runs everywhere incl. TensorRT) or "mha" (one
             ONNX Runtime ``com.microsoft.MultiHeadAttention`` node per attention: no materialised score tensor,
-            faster and leaner on ONNX Runtime at 512 px, OpenVINO reads it; ``fastgen build-trt`` refuses it). Diffusion pipelines only.
+            faster and leaner on ONNX Runtime at 512 px, OpenVINO reads it; ``fastgen build-trt`` refuses it).
+            Diffusion pipelines only.
         log: progress sink (default: stderr); None silences it.
     Returns:
         the absolute path of the engine directory.

@@ -3,8 +3,8 @@ default) or ``"mha"`` (one ONNX Runtime ``com.microsoft.MultiHeadAttention`` con
 
 The fused node never materialises the [batch, heads, queries, keys] score tensor: on the SD 1.5-architecture
 UNet (half width, batch 2) at 512 px ONNX Runtime's CPU call is 1.15-1.18x faster and its peak RSS 3.1-3.4x
-lower. OpenVINO's ONNX frontend reads it too, without a clear gain (benchmarks/attention.py). TensorRT's ONNX parser has no contrib ops, hence the option (``fastgen build-trt``
-refuses such an engine).
+lower. OpenVINO's ONNX frontend reads it too, without a clear gain (benchmarks/attention.py). TensorRT's ONNX
+parser has no contrib ops, hence the option (``fastgen build-trt`` refuses such an engine).
 
 :func:`fused_attention` routes, while a component is traced, every plain call of
 ``torch.nn.functional.scaled_dot_product_attention`` (4D [batch, heads, seq, head_dim]; no mask, no dropout,
