@@ -45,10 +45,15 @@ def feeds(latent: int = 32) -> dict:
 
 def export_unet(cache: str, scale: float) -> str:
     path = os.path.join(cache, f"ov_startup_unet_x{scale:g}", "model.onnx")
-    if os.path.exists(path):
-        return path
+    return path if os.path.exists(path) else export_sd15_unet(path, scale)
+
+
+def export_sd15_unet(path: str, scale: float, attention: str = "sdpa") -> str:
+    """Export the seeded SD 1.5-architecture UNet at ``scale`` width to ``path`` (``fastgen export
+    --attention`` choice ``attention``)."""
     import torch
     from diffusers import UNet2DConditionModel
+    from fastgen_export.attention import fused_attention
     from fastgen_export.onnx_utils import export_module
 
     from models import SD15_UNET
@@ -67,9 +72,11 @@ def export_unet(cache: str, scale: float) -> str:
 
     f = {k: torch.from_numpy(v) for k, v in feeds().items()}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    export_module(Wrapped(unet), tuple(f.values()), path + ".tmp", input_names=list(f), output_names=["noise_pred"],
-                  dynamic_axes={"sample": {0: "b", 2: "h", 3: "w"}, "timestep": {0: "b"},
-                                "encoder_hidden_states": {0: "b"}}, opset=18)
+    with fused_attention(attention == "mha"):
+        export_module(Wrapped(unet), tuple(f.values()), path + ".tmp", input_names=list(f),
+                      output_names=["noise_pred"], opset=18,
+                      dynamic_axes={"sample": {0: "b", 2: "h", 3: "w"}, "timestep": {0: "b"},
+                                    "encoder_hidden_states": {0: "b"}})
     for suffix in ("", ".data"):
         if os.path.exists(path + ".tmp" + suffix):
             os.replace(path + ".tmp" + suffix, path + suffix)
@@ -139,6 +146,22 @@ def precisions(path: str, calls: int) -> dict:
             "native_bf16_instructions": ovb.native_bf16(), "auto_picks": ovb.resolve_precision("auto")}
 
 
+def unet_bench_parser(doc: str, name: str, *, calls: int) -> argparse.ArgumentParser:
+    """The options the UNet benchmarks share (output folder, model cache, width scale, rounds, calls)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", help=f"directory for {name}.json / .png")
+    ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "fastgen-bench"))
+    ap.add_argument("--width-scale", type=float, default=0.5)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--calls", type=int, default=calls)
+    return ap
+
+
+def cpu_name() -> str:
+    return next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                platform.processor())
+
+
 def plot(rec: dict, path: str) -> None:
     import matplotlib
 
@@ -163,12 +186,7 @@ def plot(rec: dict, path: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", help="directory for ov_startup.json / .png")
-    ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "fastgen-bench"))
-    ap.add_argument("--width-scale", type=float, default=0.5)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--calls", type=int, default=4)
+    ap = unet_bench_parser(__doc__, "ov_startup", calls=4)
     ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--onnx", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -179,9 +197,7 @@ def main() -> None:
         ap.error("--out is required")
     os.environ["FASTGEN_CACHE_DIR"] = os.path.join(args.cache, "ov_startup_fastgen_cache")  # the workers inherit it
     path = export_unet(args.cache, args.width_scale)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
-    rec = {"width_scale": args.width_scale, "cpu": cpu, "cores": os.cpu_count(),
+    rec = {"width_scale": args.width_scale, "cpu": cpu_name(), "cores": os.cpu_count(),
            "load_before": os.getloadavg(), "cold_start": cold_starts(path, args.rounds),
            "precision": precisions(path, args.calls)}
     rec["load_after"] = os.getloadavg()

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from fastgen.errors import ConfigError, ExportError
+from fastgen.manifest import ATTENTIONS, DEFAULT_ATTENTION
 
 from . import manifest as mf
 from . import onnx_utils, output, parity
@@ -56,13 +57,17 @@ class Exporter:
     dtypes: tuple[str, ...] = DTYPES
 
     def __init__(self, *, kind: str, family: str, dtype: str = "fp32", opset: int = 18, optimize: bool = False,
-                 parity: bool = True, tolerance: float | None = None, log: Log | None = None):
+                 parity: bool = True, tolerance: float | None = None, attention: str = DEFAULT_ATTENTION,
+                 log: Log | None = None):
         if dtype not in self.dtypes:
             raise ExportError(f"dtype must be one of {', '.join(self.dtypes)} for {kind} engines, got {dtype!r}")
         if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
             raise ExportError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
         if tolerance is not None and not tolerance > 0:
             raise ExportError(f"tolerance must be > 0, got {tolerance!r}")
+        if attention not in ATTENTIONS:
+            raise ExportError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        self.attention = attention
         self.kind, self.family = kind, family
         self.dtype, self.opset, self.optimize, self.parity, self.tolerance = dtype, opset, optimize, parity, tolerance
         self.log: Log = log or _silent
@@ -128,7 +133,8 @@ class Exporter:
         import onnxruntime
 
         return {"name": "fastgen_export", "version": __version__, "opset": self.opset, "dtype": self.dtype,
-                "torch_exporter": "torchscript", "optimize": "ort-basic" if self.optimize else None,
+                "torch_exporter": "torchscript", "attention": self.attention,
+                "optimize": "ort-basic" if self.optimize else None,
                 "onnx_version": onnx.__version__, "onnxruntime_version": onnxruntime.__version__,
                 "created": mf.utc_now()}
 
@@ -181,6 +187,8 @@ class Exporter:
     def _component(self, spec: ComponentSpec) -> None:
         import torch
 
+        from .attention import fused_attention, graph_attention
+
         t0 = time.perf_counter()
         name = spec.name
         comp_dtype = self.component_dtype(spec)
@@ -193,9 +201,10 @@ class Exporter:
         rel = f"{name}/model.onnx"
         path = os.path.join(self.work, rel)
         os.makedirs(os.path.dirname(path))
-        external = onnx_utils.export_module(spec.module, example, path, input_names=spec.input_names,
-                                            output_names=spec.output_names, dynamic_axes=spec.dynamic_axes(),
-                                            opset=self.opset)
+        with fused_attention(self.attention == "mha" and spec.fuse_attention):
+            external = onnx_utils.export_module(spec.module, example, path, input_names=spec.input_names,
+                                                output_names=spec.output_names, dynamic_axes=spec.dynamic_axes(),
+                                                opset=self.opset)
         if self.optimize:
             onnx_utils.optimize_graph(path, external=external)
         onnx_utils.check_graph(path)
@@ -208,8 +217,9 @@ class Exporter:
 
         record = self._check_parity(name, path, spec, comp_dtype, cases) if self.parity else None
         ext_rel = onnx_utils.external_data_path(rel) if external else None
+        attention = graph_attention(path) if spec.fuse_attention and self.attention != DEFAULT_ATTENTION else None
         self.manifest["components"][name] = mf.component_entry(spec, rel, dtype=comp_dtype, external_data=ext_rel,
-                                                               parity=record)
+                                                               parity=record, attention=attention)
         if record is None:
             msg = "parity off"
         elif record.get("skipped"):

@@ -17,6 +17,8 @@ def _log(prefix: str):
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    from fastgen.manifest import ATTENTIONS, DEFAULT_ATTENTION
+
     p.add_argument("src", metavar="SRC", help="diffusers pipeline folder (save_pretrained layout) or hub id")
     p.add_argument("out", metavar="OUT", help="engine directory to write")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
@@ -45,6 +47,11 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", action="append", default=None, metavar="KIND[:branch=N]",
                    help="add step-cache graphs (repeatable): deepcache[:branch=N] (SD / SDXL / AnimateDiff UNets; branch 0 by "
                         "default), first_block (SD3); then `fastgen generate --cache ...` can use them")
+    p.add_argument("--attention", choices=ATTENTIONS, default=DEFAULT_ATTENTION,
+                   help="denoiser and VAE attention: sdpa = ONNX-standard MatMul/Softmax (runs everywhere, TensorRT "
+                        "included); mha = ONNX Runtime's fused com.microsoft.MultiHeadAttention (on ONNX Runtime "
+                        "CPU at 512 px ~1.15x faster, 3x less memory; OpenVINO reads it too; not TensorRT) "
+                        "(default sdpa)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -59,6 +66,7 @@ def run_export(args: argparse.Namespace) -> int:
                  lora_branches=getattr(args, "lora_branches", False),
                  lora=[parse_lora_arg(v) for v in getattr(args, "lora", [])],
                  controlnet=getattr(args, "controlnet", []),
+                 attention=getattr(args, "attention", "sdpa"),
                  log=None if getattr(args, "quiet", False) else _log("fastgen export"))
     print(out)
     return 0

@@ -192,7 +192,8 @@ def build_denoiser(plan: PipelinePlan, *, text_length: int, pooled_size: int | N
                 "joint_attention_dim": d, "pooled_projection_dim": p,
                 "max_latent_size": cfg.pos_embed_max_size * cfg.patch_size if cfg.pos_embed_max_size else None}
         outputs = [TensorSpec("noise_pred", "float32", ("batch", c_out, "latent_height", "latent_width"))]
-        return ComponentSpec("transformer", wrappers.SD3(model), inputs, outputs, make, info=info)
+        return ComponentSpec("transformer", wrappers.SD3(model), inputs, outputs, make, info=info,
+                             fuse_attention=True)
 
     model = load_model(plan, "unet")
     cfg = model.config
@@ -234,7 +235,7 @@ def build_denoiser(plan: PipelinePlan, *, text_length: int, pooled_size: int | N
         raise ExportError(f"unsupported UNet conditioning (addition_embed_type={cfg.addition_embed_type!r}, "
                           f"class_embed_type={cfg.class_embed_type!r})")
     outputs = [TensorSpec("noise_pred", "float32", ("batch", c_out, "latent_height", "latent_width"))]
-    return ComponentSpec("unet", wrapper, inputs, outputs, make, info=info)
+    return ComponentSpec("unet", wrapper, inputs, outputs, make, info=info, fuse_attention=True)
 
 
 def build_vae(plan: PipelinePlan) -> tuple[ComponentSpec, ComponentSpec]:
@@ -256,14 +257,15 @@ def build_vae(plan: PipelinePlan) -> tuple[ComponentSpec, ComponentSpec]:
     dec = ComponentSpec("vae_decoder", wrappers.VaeDecoder(vae), [TensorSpec("latent", "float32", latent)],
                         [TensorSpec("sample", "float32", ("batch", cfg.out_channels, "height", "width"))],
                         lambda dims, gen: (_randn(gen, dims["batch"], c, dims["latent_height"], dims["latent_width"]),),
-                        info=info, dtype="fp32")
+                        info=info, dtype="fp32", fuse_attention=True)
 
     def make_image(dims, gen):
         shape = (dims["batch"], cfg.in_channels, dims["height"], dims["width"])
         return (torch.rand(*shape, generator=gen) * 2.0 - 1.0,)
 
     enc = ComponentSpec("vae_encoder", wrappers.VaeEncoder(vae), [TensorSpec("sample", "float32", image)],
-                        [TensorSpec("latent_mean", "float32", latent)], make_image, info=info, dtype="fp32")
+                        [TensorSpec("latent_mean", "float32", latent)], make_image, info=info, dtype="fp32",
+                        fuse_attention=True)
     return dec, enc
 
 

@@ -44,7 +44,7 @@ def io_entry(tensors: Iterable[Any]) -> dict[str, dict[str, Any]]:
 
 
 def component_entry(spec: Any, path: str, *, dtype: str, external_data: str | None,
-                    parity: dict[str, Any] | None) -> dict[str, Any]:
+                    parity: dict[str, Any] | None, attention: str | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "path": check_relative(path),
         "dtype": dtype,
@@ -53,6 +53,8 @@ def component_entry(spec: Any, path: str, *, dtype: str, external_data: str | No
     }
     if external_data:
         entry["external_data"] = check_relative(external_data)
+    if attention is not None:  # "mha": the graph holds com.microsoft MultiHeadAttention nodes
+        entry["attention"] = attention
     entry["parity"] = parity if parity is not None else {"passed": None, "skipped": True,
                                                          "reason": "parity disabled (--no-parity)"}
     return entry

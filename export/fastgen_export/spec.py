@@ -47,6 +47,9 @@ class ComponentSpec:
     dtype: str | None = None
     #: custom parity cases, computed in float32 before any fp16 cast (default: one case, see ParityCases)
     parity_cases: ParityCases | None = None
+    #: True: the exporter's ``attention="mha"`` applies (denoisers, VAEs: plain self / cross attention);
+    #: False: always the ONNX-standard decomposition (text encoders, whose attention is masked)
+    fuse_attention: bool = False
 
     @property
     def input_names(self) -> list[str]:

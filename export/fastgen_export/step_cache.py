@@ -266,8 +266,8 @@ def deepcache_components(unet_spec: ComponentSpec, model, branches: list[int],
         return [("", inputs, (ref,) + tuple(feats))]
 
     specs = [ComponentSpec(unet_spec.name, full, unet_spec.inputs, unet_spec.outputs + feature_specs, make,
-                           info=unet_spec.info,
-                           parity_cases=full_cases)]
+                           info=unet_spec.info, parity_cases=full_cases,
+                           fuse_attention=unet_spec.fuse_attention)]
     for idx, b in enumerate(branches):
         shallow = Shallow(model, variant, b)
         # graphs keep only the inputs they use: without attention among its layers, no text input
@@ -282,7 +282,7 @@ def deepcache_components(unet_spec: ComponentSpec, model, branches: list[int],
         inputs = [unet_spec.inputs[i] for i in keep] + [TensorSpec(DEEP_FEATURE_INPUT, "float32",
                                                                      feature_specs[idx].shape)]
         specs.append(ComponentSpec(f"unet_deepcache_b{b}", shallow, inputs, unet_spec.outputs, make_shallow,
-                                   info={"deepcache_branch": b}))
+                                   info={"deepcache_branch": b}, fuse_attention=unet_spec.fuse_attention))
     return specs
 
 
@@ -368,9 +368,11 @@ def first_block_components(spec: ComponentSpec, model) -> list[ComponentSpec]:
 
     return [
         ComponentSpec(FIRST_BLOCK_RECORD["head"], head, spec.inputs,
-                      [t_hidden, t_enc, t_temb, TensorSpec("head_residual", "float32", tokens)], make),
+                      [t_hidden, t_enc, t_temb, TensorSpec("head_residual", "float32", tokens)], make,
+                      fuse_attention=spec.fuse_attention),
         ComponentSpec(FIRST_BLOCK_RECORD["body"], body, [t_hidden, t_enc, t_temb, latent],
-                      [noise, TensorSpec("tail_residual", "float32", tokens)], make_body),
+                      [noise, TensorSpec("tail_residual", "float32", tokens)], make_body,
+                      fuse_attention=spec.fuse_attention),
         ComponentSpec(FIRST_BLOCK_RECORD["out"], out, [TensorSpec("hidden", "float32", tokens), t_temb, latent],
-                      [noise], make_out),
+                      [noise], make_out, fuse_attention=spec.fuse_attention),
     ]

@@ -249,6 +249,15 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _refuse_contrib_ops(manifest: Mapping[str, Any], names: Iterable[str]) -> None:
+    """TensorRT's ONNX parser has no ONNX Runtime contrib ops: refuse graphs exported with --attention mha."""
+    fused = [n for n in names if manifest["components"].get(n, {}).get("attention") == "mha"]
+    if fused:
+        raise UnsupportedError(f"{', '.join(fused)}: exported with --attention mha (ONNX Runtime's "
+                               "com.microsoft.MultiHeadAttention), which TensorRT cannot parse; re-export the "
+                               "engine with `fastgen export --attention sdpa` to build TensorRT plans")
+
+
 def build_trt(engine_dir: str | os.PathLike, components: Iterable[str] | None = None, *,
               min_shapes: BHW | str | None = None, opt_shapes: BHW | str | None = None,
               max_shapes: BHW | str | None = None, fp16: bool = True, timing_cache: str | os.PathLike | None = None,
@@ -273,6 +282,7 @@ def build_trt(engine_dir: str | os.PathLike, components: Iterable[str] | None = 
     bhw = [parse_bhw(s) if isinstance(s, str) else tuple(s) if s is not None else d
            for s, d in ((min_shapes, d_min), (opt_shapes, d_opt), (max_shapes, d_max))]
     profiles = {n: profile_for(manifest, n, *bhw, cfg=cfg) for n in names}  # validate before any work
+    _refuse_contrib_ops(manifest, names)
 
     trt = _import_tensorrt()
     from fastgen.backends.tensorrt import trt_major

@@ -69,7 +69,7 @@ def build_motion_unet(plan: PipelinePlan, *, text_length: int) -> ComponentSpec:
 
     info = {"in_channels": c_in, "latent_multiple": 2 ** (len(cfg.block_out_channels) - 1),
             "sample_size": cfg.sample_size, "cross_attention_dim": d, "motion_max_seq_length": max_frames}
-    return ComponentSpec("unet", wrappers.MotionUNet(model), inputs, outputs, make, info=info)
+    return ComponentSpec("unet", wrappers.MotionUNet(model), inputs, outputs, make, info=info, fuse_attention=True)
 
 
 def build_motion_unet_per_frame(plan: PipelinePlan, *, text_length: int) -> ComponentSpec:
@@ -98,7 +98,8 @@ def build_motion_unet_per_frame(plan: PipelinePlan, *, text_length: int) -> Comp
         ref = base.module(x, t[:, 0], e)
     if not torch.allclose(same, ref, atol=1e-5, rtol=1e-4):
         raise ExportError(f"per-frame UNet differs from UNetMotionModel.forward by {float((same - ref).abs().max())}")
-    return ComponentSpec("unet_fifo", wrapper, inputs, list(base.outputs), make, info=dict(base.info))
+    return ComponentSpec("unet_fifo", wrapper, inputs, list(base.outputs), make, info=dict(base.info),
+                         fuse_attention=True)
 
 
 def build_svd_components(plan: PipelinePlan) -> Iterator[ComponentSpec]:
@@ -143,7 +144,8 @@ def build_svd_components(plan: PipelinePlan) -> Iterator[ComponentSpec]:
          T("added_time_ids", "float32", ("batch", n_ids))],
         [T("noise_pred", "float32", ("batch", "frames", c_out, "latent_height", "latent_width"))], make_unet,
         info={"in_channels": c_in, "latent_multiple": 2 ** (len(ucfg.block_out_channels) - 1),
-              "sample_size": ucfg.sample_size, "num_frames": int(ucfg.num_frames), "added_time_ids": n_ids})
+              "sample_size": ucfg.sample_size, "num_frames": int(ucfg.num_frames), "added_time_ids": n_ids},
+        fuse_attention=True)
     del unet
 
     vae = load_model(plan, "vae")

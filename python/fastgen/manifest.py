@@ -111,6 +111,10 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 #: kinds whose pipelines accept a missing / null family (text2img, inpaint, text2video: "sd")
 FAMILY_OPTIONAL = ("text2img", "inpaint", "text2video", "captioning")
 DIFFUSION_KINDS = ("text2img", "inpaint", "text2video", "img2video")
+#: how a component's attention is written: "sdpa" = ONNX-standard MatMul / Softmax (the default, also when the
+#: field is absent), "mha" = ONNX Runtime's com.microsoft.MultiHeadAttention contrib op (no TensorRT)
+ATTENTIONS = ("sdpa", "mha")
+DEFAULT_ATTENTION = "sdpa"
 
 TOKEN_ID = S.Int(0, S.INT32_MAX)  # token ids: ints in [0, 2**31)
 
@@ -132,6 +136,7 @@ COMPONENT = S.Obj({
     "outputs": _TENSORS,
     "external_data": _opt_str(),
     "parity": S.Obj(nullable=True),
+    "attention": S.Str(ATTENTIONS, nullable=True),
 })
 
 TOKENIZER = S.Obj({
