@@ -202,3 +202,48 @@ def test_cli_generate_and_export_lora(loras, tmp_path):
     assert fastgen.Pipeline.load(tmp_path / "fused").manifest.data["lora_fused"][0]["scale"] == 0.5
     assert main(["export", src, str(tmp_path / "bad"), "-q", "--no-parity", "--lora", str(tmp_path / "x.bin")]) == 2
 
+
+
+def test_server_takes_loras_by_name_from_its_lora_dir(loras, tmp_path):
+    """POST /v1/generate {"loras": {name: strength}} names files of `fastgen serve --lora-dir`: the image equals
+    the pipeline's with those files; paths, unknown names and a server without a LoRA directory get 400."""
+    import asyncio
+    import base64
+    import io
+    import shutil
+
+    import httpx
+    from PIL import Image
+
+    from fastgen.serve import create_app
+
+    a, _ = loras("sd")
+    shutil.copy(a, tmp_path / "style.safetensors")
+    eng = tiny_engine("sd", export_options=BRANCHES)[1]
+    body = {"prompt": "a red cat", "steps": 3, "seed": 4, "height": 48, "width": 64}
+
+    async def post(app, bodies):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
+                                     timeout=120) as c:
+            return [await c.post("/v1/generate", json=b) for b in bodies]
+
+    app = create_app({"sd": eng}, warmup=False, lora_dir=str(tmp_path))
+    ok, plain, dotted, escape, unknown = asyncio.run(post(app, [
+        dict(body, loras={"style": 0.8}), body, dict(body, loras={"style.safetensors": 0.8}),
+        dict(body, loras={"../style": 0.8}), dict(body, loras={"nope": 0.8})]))
+    pipe = fastgen.Pipeline.load(eng)
+    kw = dict(num_inference_steps=3, seed=4, height=48, width=64)
+    want = np.asarray(pipe("a red cat", loras={str(tmp_path / "style.safetensors"): 0.8}, **kw).images[0])
+    pixels = [np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))))
+              for r in (ok, plain, dotted)]
+    np.testing.assert_array_equal(pixels[0], want)
+    np.testing.assert_array_equal(pixels[2], want)
+    np.testing.assert_array_equal(pixels[1], np.asarray(pipe("a red cat", **kw).images[0]))
+    assert np.abs(pixels[0].astype(int) - pixels[1]).max() > 0  # the LoRA changed the image
+    assert escape.status_code == 400 and "no folders" in escape.text
+    assert unknown.status_code == 400 and "have: style" in unknown.text
+    app.state.service.close()
+    bare = create_app({"sd": eng}, warmup=False)
+    (r,) = asyncio.run(post(bare, [dict(body, loras={"style": 0.8})]))
+    assert r.status_code == 400 and "--lora-dir" in r.text
+    bare.state.service.close()

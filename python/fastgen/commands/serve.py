@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a response_format=url file stays under /v1/files/")
     p.add_argument("--variation-strength", type=float, default=0.7,
                    help="img2img strength of /v1/images/variations when the request gives none")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="LoRA .safetensors files requests may name in 'loras' ({name: strength}; engines exported "
+                        "with --lora-branches)")
     add_backend_arguments(p)
     p.add_argument("--ray", action="store_true", help="serve with Ray Serve (pip install \"fastgen[ray]\")")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     opts = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                 workers=args.workers, api_key=api_key, timeout_s=args.timeout, sizes=sizes,
                 max_images=args.max_images, max_steps=args.max_steps, variation_strength=args.variation_strength,
-                **load_options(args))
+                lora_dir=args.lora_dir, **load_options(args))
     app_opts = dict(cors_origins=args.cors_origin, max_body_bytes=int(args.max_body_mb * (1 << 20)),
                     max_buffered_bytes=int(args.max_buffered_mb * (1 << 20)), body_timeout_s=args.body_timeout)
     if args.ray:  # Ray's own HTTP proxy receives the requests: --header-timeout does not apply there

@@ -110,7 +110,7 @@ def create_app(engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_qu
                backend: str = "onnxruntime", device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                cors_origins: list[str] | None = None, max_body_bytes: int = 32 << 20,
                max_buffered_bytes: int = 128 << 20, body_timeout_s: float = 30.0, file_ttl_s: float = 600.0,
-               max_file_bytes: int = 256 << 20, variation_strength: float = 0.7,
+               max_file_bytes: int = 256 << 20, variation_strength: float = 0.7, lora_dir: str | None = None,
                service: Service | None = None) -> FastAPI:
     """An ASGI app serving ``engines`` ({name: engine_dir or Pipeline} or a list of engine dirs).
 
@@ -122,7 +122,7 @@ def create_app(engines, *, max_batch: int = 4, max_wait_ms: float = 10.0, max_qu
                           workers=workers, api_key=api_key, timeout_s=timeout_s, sizes=sizes, max_images=max_images,
                           max_steps=max_steps, batching=batching, warmup=warmup, backend=backend, device=device,
                           precision=precision, threads=threads, variation_strength=variation_strength,
-                          files=FileStore(ttl_s=file_ttl_s, max_bytes=max_file_bytes))
+                          lora_dir=lora_dir, files=FileStore(ttl_s=file_ttl_s, max_bytes=max_file_bytes))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -99,6 +99,8 @@ class GenerateRequest(_Extras):
     output_compression: Optional[int] = None
     cache: Optional[Union[str, dict]] = Field(None, description="step caching, as the API's cache=: "
                                               "'deepcache:interval=3', {'kind': 'first_block', ...}; default off")
+    loras: Optional[dict[str, float]] = Field(None, description="LoRAs by name from the server's --lora-dir, with "
+                                              "strengths: {'style': 0.8}; the engine needs --lora-branches")
 
 
 class EditForm(FormBody):
@@ -225,6 +227,9 @@ def image_work(service: Service, b, *, output: Output, image=None, mask=None, pr
     extra = {}
     if isinstance(b, GenerateRequest):
         extra = {"guidance_rescale": b.guidance_rescale or 0.0, "eta": b.eta or 0.0, "cache": b.cache}
+        loras = service.resolve_loras(b.loras)
+        if loras:
+            extra["loras"] = loras
     req = validated(pipe.validate, b.prompt if prompt is None else prompt, negative_prompt=b.negative_prompt,
                     num_images_per_prompt=n, height=height, width=width, num_inference_steps=steps,
                     guidance_scale=b.guidance, seed=b.seed, scheduler=b.scheduler, image=image, mask_image=mask,

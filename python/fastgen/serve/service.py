@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import hmac
+import os
 import re
 import threading
 import time
@@ -39,6 +40,7 @@ def parse_size(s: Any) -> tuple[int, int] | None:
 
 
 _WARMING: "weakref.WeakSet[Service]" = weakref.WeakSet()
+_LORA_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 @atexit.register
@@ -59,13 +61,16 @@ class Service:
                  sizes: list[str] | None = None, max_images: int = 8, max_steps: int = 150,
                  batching: bool = True, warmup: bool = True, backend: str = "onnxruntime", device: str = "cpu",
                  precision: str = "fp32", threads: int | None = None, files: FileStore | None = None,
-                 variation_strength: float = 0.7):
+                 variation_strength: float = 0.7, lora_dir: str | None = None):
         self.engines = load_engines(engines, backend=backend, device=device, precision=precision, threads=threads)
         self.api_key = api_key or None
         self.timeout_s = float(timeout_s)
         self.max_images = int(max_images)
         self.max_steps = int(max_steps)
         self.variation_strength = float(variation_strength)
+        self.lora_dir = os.path.realpath(lora_dir) if lora_dir else None
+        if self.lora_dir is not None and not os.path.isdir(self.lora_dir):
+            raise InvalidArgumentError(f"LoRA directory not found: {lora_dir}")
         self.sizes = {parse_size(s) for s in sizes} if sizes else None
         self.batching = bool(batching)
         self.metrics = Metrics(max_batch)
@@ -149,6 +154,27 @@ class Service:
         if e.kind != kind:
             raise bad(f"model {name!r} is a {e.kind} engine, not a {kind} engine", param="model")
         return e
+
+    def resolve_loras(self, loras: dict | None) -> dict | None:
+        """A request's ``loras`` ({name: strength}) -> {file: strength} for the pipeline. Clients name files of
+        the server's LoRA directory (``fastgen serve --lora-dir DIR``), never paths: a name is a file name with
+        or without ``.safetensors``, no folder parts."""
+        if not loras:
+            return None
+        if self.lora_dir is None:
+            raise bad("this server takes no LoRAs: start it with --lora-dir DIR", param="loras")
+        out = {}
+        for name, strength in loras.items():
+            if not _LORA_NAME.fullmatch(name):
+                raise bad(f"LoRA name {name!r} must be a file name of the server's LoRA directory (letters, digits, "
+                          "'.', '_', '-'; no folders)", param="loras")
+            file = name if name.endswith(".safetensors") else name + ".safetensors"
+            path = os.path.join(self.lora_dir, file)
+            if not os.path.isfile(path):
+                have = sorted(f[:-len(".safetensors")] for f in os.listdir(self.lora_dir) if f.endswith(".safetensors"))
+                raise bad(f"no LoRA {name!r} on this server (have: {', '.join(have[:20]) or 'none'})", param="loras")
+            out[path] = strength
+        return out
 
     def check_cap(self, name: str, v: int | None, hi: int) -> int | None:
         """A server policy cap (``--max-images``, steps): the pipeline's own rules still apply after it."""
