@@ -101,6 +101,13 @@ class GenerateRequest(_Extras):
                                               "'deepcache:interval=3', {'kind': 'first_block', ...}; default off")
     loras: Optional[dict[str, float]] = Field(None, description="LoRAs by name from the server's --lora-dir, with "
                                               "strengths: {'style': 0.8}; the engine needs --lora-branches")
+    control_image: Optional[Union[str, list[str]]] = Field(
+        None, description="ControlNet conditioning image(s), base64 or data: URLs: one per ControlNet of the engine "
+                          "(exported with --controlnet); such requests run alone, never merged into a batch")
+    controlnet_conditioning_scale: Optional[Union[float, list[float]]] = None
+    control_guidance_start: Optional[Union[float, list[float]]] = None
+    control_guidance_end: Optional[Union[float, list[float]]] = None
+    guess_mode: Optional[bool] = None
 
 
 class EditForm(FormBody):
@@ -212,6 +219,17 @@ def _steps(service: Service, pipe, steps: Optional[int], quality: Optional[str])
     return service.check_cap("steps", steps, service.max_steps)
 
 
+def _control(b: "GenerateRequest") -> dict:
+    """The ControlNet keywords a body gives (its control images decoded), for the pipeline's validate."""
+    out = {k: getattr(b, k) for k in ("controlnet_conditioning_scale", "control_guidance_start",
+                                      "control_guidance_end", "guess_mode") if getattr(b, k) is not None}
+    ci = b.control_image
+    if ci is not None:
+        out["control_image"] = ([decode_image(f"control_image[{i}]", x) for i, x in enumerate(ci)]
+                                if isinstance(ci, list) else decode_image("control_image", ci))
+    return out
+
+
 def image_work(service: Service, b, *, output: Output, image=None, mask=None, prompt: Optional[str] = None,
                strength: Optional[float] = None, height=None, width=None, preview: bool = False) -> Work:
     """A request body -> its Work (raises ApiError 4xx). ``b`` carries the shared fields."""
@@ -230,6 +248,7 @@ def image_work(service: Service, b, *, output: Output, image=None, mask=None, pr
         loras = service.resolve_loras(b.loras)
         if loras:
             extra["loras"] = loras
+        extra.update(_control(b))
     req = validated(pipe.validate, b.prompt if prompt is None else prompt, negative_prompt=b.negative_prompt,
                     num_images_per_prompt=n, height=height, width=width, num_inference_steps=steps,
                     guidance_scale=b.guidance, seed=b.seed, scheduler=b.scheduler, image=image, mask_image=mask,
