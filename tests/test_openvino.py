@@ -87,6 +87,14 @@ def test_auto_precision_is_measured_once_per_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(ovb, "_PROBE", {})
     monkeypatch.setattr(ovb, "_probe_times", lambda: pytest.fail("probed twice"))
     assert ovb.bf16_is_faster() is False
+    # a damaged answer file is measured again, never trusted; a probe that cannot run means fp32
+    (tmp_path / "openvino" / "probe.json").write_text(json.dumps({k: {"bf16_faster": "yes"} for k in saved}))
+    monkeypatch.setattr(ovb, "_PROBE", {})
+
+    def broken():
+        raise RuntimeError("no CPU plugin")
+    monkeypatch.setattr(ovb, "_probe_times", broken)
+    assert ovb.bf16_is_faster() is False
     # and a CPU where bf16 is clearly faster gets bf16
     (tmp_path / "openvino" / "probe.json").unlink()
     monkeypatch.setattr(ovb, "_PROBE", {})

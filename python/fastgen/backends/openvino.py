@@ -172,10 +172,14 @@ def bf16_is_faster() -> bool:
             return _PROBE[key]
         path = os.path.join(_cache_root(), "openvino", "probe.json")
         saved = _read_json(path)
-        if key in saved:
-            _PROBE[key] = bool(saved[key]["bf16_faster"])
+        entry = saved.get(key)
+        if isinstance(entry, dict) and isinstance(entry.get("bf16_faster"), bool):
+            _PROBE[key] = entry["bf16_faster"]
             return _PROBE[key]
-        times = _probe_times()
+        try:
+            times = _probe_times()
+        except Exception:  # noqa: BLE001 - a CPU plugin that cannot run the probe: the exact path, not saved
+            return False
         faster = times["bf16"] < PROBE_MARGIN * times["f32"]
         _PROBE[key] = faster
         saved[key] = {"bf16_faster": faster, "cpu_seconds": times}
