@@ -3,8 +3,8 @@
 - The same ONNX graphs ONNX Runtime runs; no re-export (``pip install "fastgen[openvino]"``). With
   ``precision="int8"`` a component runs from the OpenVINO IR (``model.xml`` + ``model.bin``) of the
   engine's int8 variant (``fastgen optimize ENGINE --int8``, see variants.py) when it has one; its int8
-  ops run in int8 (VNNI / AMX where the CPU has them), the ops left in float run in bf16 where bf16 measured
-  faster than f32 on this CPU, else in f32 (see float_hint, bf16_is_faster).
+  ops run in int8 (VNNI / AMX where the CPU has them), the ops left in float run in bf16 where the CPU has
+  bf16 instructions, else in f32 (see float_hint).
 - **Static shapes.** Each distinct set of input shapes gets its own compiled model (the graph reshaped to
   those shapes and compiled), built on first use and kept in a bounded LRU per session. OpenVINO runs a
   static-shape model faster than the dynamic one, and a service sees few shapes. A captioner's KV-cache
@@ -274,10 +274,12 @@ def _write_json(path: str, data: dict) -> None:
 def float_hint(precision: str) -> str:
     """OpenVINO's INFERENCE_PRECISION_HINT for a resolved precision: the precision of the float work. For
     "int8", the ops the int8 graph leaves in float (the weight-compressed linear layers, softmax, norms) run
-    in bf16 where bf16 is the faster float precision here, like "auto" (SD 1.5's UNet on an AMX CPU: 1.10 s
-    a call vs 1.58 s in f32, at the same demo accuracy and PSNR), else in f32."""
+    in bf16 wherever the CPU has bf16 instructions, as the int8 accuracy gate was measured (SD 1.5's UNet on
+    an AMX CPU: 1.10 s a call vs 1.58 s in f32). Not the "auto" probe: on a CPU without AMX the probe picks
+    f32, and there the int8 demo engine lost 3.3 points of shape accuracy with an f32 remainder against 1.7
+    with bf16 (60 prompts: one prompt apart, tests/test_int8.py allows 2 points); else f32."""
     if precision == "int8":
-        return "bf16" if bf16_is_faster() else "f32"
+        return "bf16" if native_bf16() else "f32"
     return "bf16" if precision == "bf16" else "f32"
 
 
