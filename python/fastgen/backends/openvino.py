@@ -158,9 +158,9 @@ PROBE_MARGIN = 0.9  # bf16 must take under 90% of f32's CPU time to be "auto"'s 
 def bf16_is_faster() -> bool:
     """Whether bf16 runs diffusion work faster than f32 on this CPU: measured, not assumed.
 
-    Having bf16 instructions is not enough. On an Intel Xeon with AVX512_BF16 but no AMX, SD 1.5's UNet took
-    1.45x the CPU time in bf16 that it took in f32 (the reorders to and from bf16 cost more than the dot
-    products save), while with AMX bf16 was 1.9x faster. So the first "auto" of a machine times a small
+    Having bf16 instructions is not enough. On an Intel Xeon with AVX512_BF16 but no AMX, the half-width SD 1.5
+    UNet took 1.44x the CPU time in bf16 that it took in f32 (benchmarks/ov_startup.py), while on the AMD EPYC
+    of issue 16's figures bf16 was 1.9x faster. So the first "auto" of a machine times a small
     graph with the UNet's three kinds of work (a 3x3 convolution, a linear layer and an attention) in both
     precisions, by CPU time (robust to other processes' load), interleaved, best of 5. The answer is kept
     in ``<cache>/openvino/probe.json`` keyed by CPU model, capabilities and OpenVINO version."""
